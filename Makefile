@@ -1,0 +1,42 @@
+# Every command the README gives is a target here, so users, CI and scripts call the same thing.
+# Each target installs what it needs first; running a target twice is harmless.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch is installed first and pinned in the same command as everything that depends on it, so
+# that no dependency pulls another build. Override these on a CUDA or Ascend machine, e.g.
+#   make install TORCH_SPEC='torch==2.5.1' TORCHVISION_SPEC='torchvision==0.20.1'
+TORCH_SPEC ?= torch==2.13.0
+TORCHVISION_SPEC ?= torchvision==0.28.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint format browser-deps clean-venv
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt tools/torchvision_fix.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check '$(TORCH_SPEC)'
+	$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt '$(TORCH_SPEC)' '$(TORCHVISION_SPEC)'
+	$(PY) tools/torchvision_fix.py
+	touch $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Debian's Chromium for the browser test of the demo (needs root; CI runs it).
+browser-deps:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,17 @@
+"""MiniGPT-4: a frozen BLIP-2 vision side aligned with a frozen Vicuna through one linear layer.
+
+Importing the package registers every YAML name (models, dataset builders, processors, tasks,
+runners, LR schedules). The imports below are the one place where that happens.
+"""
+
+from pathlib import Path
+
+from minigpt4.common.registry import registry
+
+LIBRARY_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = LIBRARY_ROOT.parent
+
+registry.register_path("library_root", str(LIBRARY_ROOT))
+registry.register_path("repo_root", str(REPO_ROOT))
+
+__all__ = ["LIBRARY_ROOT", "REPO_ROOT", "registry"]

@@ -1,0 +1,109 @@
+"""The typed schema behind every YAML file: the one home of every default.
+
+``Config`` merges the YAML files and ``--options`` onto these dataclasses with
+``OmegaConf.structured``, so a misspelt key or a value of the wrong type fails at start-up,
+naming the key. Each section documents its keys; the reference's key names are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Where the reference's pretrained weights live. The only table of weight locations.
+WEIGHT_URLS = {
+    "eva_vit_g": "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/eva_vit_g.pth",
+    "blip2_flant5xxl": (
+        "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/blip2_pretrained_flant5xxl.pth"
+    ),
+}
+
+
+@dataclass
+class VitArch:
+    """EVA ViT-g/14 as the reference builds it (the image size comes from ``model.image_size``)."""
+
+    patch_size: int = 14
+    embed_dim: int = 1408
+    depth: int = 39
+    num_heads: int = 16
+    mlp_ratio: float = 4.3637
+
+
+@dataclass
+class QFormerArch:
+    """bert-base values, built locally (the reference fetched them from a model hub)."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    cross_attention_freq: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """``model:`` of a YAML file. Defaults are the reference's ``MiniGPT4.from_config`` defaults."""
+
+    arch: str = "mini_gpt4"
+    model_type: str = "pretrain_vicuna"
+    vit_model: str = "eva_clip_g"
+    vit_weights: str = WEIGHT_URLS["eva_vit_g"]
+    vit_arch: VitArch = field(default_factory=VitArch)
+    q_former_model: str = WEIGHT_URLS["blip2_flant5xxl"]
+    qformer_arch: QFormerArch = field(default_factory=QFormerArch)
+    image_size: int = 224
+    drop_path_rate: float = 0.0
+    use_grad_checkpoint: bool = False
+    vit_precision: str = "fp16"
+    freeze_vit: bool = True
+    freeze_qformer: bool = True
+    num_query_token: int = 32
+    llama_model: str = ""
+    # Present in the reference's default model YAML and never read by its code; accepted so that
+    # its YAML files load unchanged.
+    prompt: str = ""
+    prompt_path: str = ""
+    prompt_template: str = ""
+    max_txt_len: int = 32
+    end_sym: str = "\n"
+    low_resource: bool = False
+    device_8bit: int = 0
+    ckpt: str = ""
+
+
+@dataclass
+class ProcessorConfig:
+    """One ``vis_processor``/``text_processor`` entry: ``name`` picks the registered class; the
+    other keys are read by that class's ``from_config`` (None means the class's own default)."""
+
+    name: str = ""
+    image_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    min_scale: float | None = None
+    max_scale: float | None = None
+    prompt: str | None = None
+    max_words: int | None = None
+
+
+@dataclass
+class SplitProcessors:
+    train: ProcessorConfig | None = None
+    eval: ProcessorConfig | None = None
+
+
+@dataclass
+class Preprocess:
+    vis_processor: SplitProcessors = field(default_factory=SplitProcessors)
+    text_processor: SplitProcessors = field(default_factory=SplitProcessors)
+
+
+__all__ = [
+    "WEIGHT_URLS",
+    "ModelConfig",
+    "Preprocess",
+    "ProcessorConfig",
+    "QFormerArch",
+    "SplitProcessors",
+    "VitArch",
+]
