@@ -98,12 +98,48 @@ class Preprocess:
     text_processor: SplitProcessors = field(default_factory=SplitProcessors)
 
 
+@dataclass
+class RunConfig:
+    """``run:`` of a YAML file: the reference's keys and defaults (see train_configs/)."""
+
+    task: str = "image_text_pretrain"
+    runner: str = "runner_base"
+    lr_sched: str = "linear_warmup_cosine_lr"
+    init_lr: float = 1e-4
+    min_lr: float = 0.0
+    warmup_lr: float = -1.0
+    warmup_steps: int = 0
+    lr_decay_rate: float | None = None
+    weight_decay: float = 0.05
+    beta2: float = 0.999
+    max_epoch: int = 1
+    iters_per_epoch: int | None = None
+    batch_size_train: int = 1
+    batch_size_eval: int = 1
+    num_workers: int = 4
+    accum_grad_iters: int = 1
+    log_freq: int = 50
+    seed: int = 42
+    output_dir: str = "output"
+    amp: bool = False
+    resume_ckpt_path: str | None = None
+    evaluate: bool = False
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    valid_splits: list[str] = field(default_factory=list)
+    test_splits: list[str] = field(default_factory=list)
+    device: str = "cuda"
+    world_size: int = 1
+    dist_url: str = "env://"
+    distributed: bool = True
+
+
 __all__ = [
     "WEIGHT_URLS",
     "ModelConfig",
     "Preprocess",
     "ProcessorConfig",
     "QFormerArch",
+    "RunConfig",
     "SplitProcessors",
     "VitArch",
 ]
