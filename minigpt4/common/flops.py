@@ -1,0 +1,82 @@
+"""The FLOP model behind the MFU figures that the benchmark and the README report.
+
+Per training sample of MiniGPT-4 with a frozen LLM:
+
+* vision tower, forward only: ``2 * P_vit * T_v + 4 * L_vit * T_v**2 * D_vit``, where ``P_vit``
+  counts the weights of its matrix multiplies (patch projection, qkv, proj, fc1, fc2), ``T_v`` is
+  the number of vision tokens (257 at 224 px) and the second term is the two attention products
+  (scores and weighted sum) of every block;
+* Q-Former, forward only: ``2 * P_qf * Q`` for its ``Q`` query tokens, where ``P_qf`` excludes the
+  cross-attention key/value projections, which apply to all ``T_v`` vision tokens and add
+  ``2 * P_kv * T_v`` (the Q-Former is about 3% of the ViT);
+* LLM: ``4 * N`` per token, with ``N`` the weights of its matrix multiplies including the output
+  head (the input embedding is a lookup). A frozen LLM still runs its backward pass through the
+  activations, so that gradients reach the image tokens, but computes no weight gradients:
+  forward ``2N`` plus backward ``2N``. A trainable LLM would add ``2N`` for weight gradients. The
+  causal attention products add ``4 * 2 * L * T * D`` per sequence of T tokens (half the square, times
+  forward and backward), included for completeness.
+
+MFU is the model FLOPs of the tokens the device processed (padded tokens included: the hardware
+computes them) per second, divided by the device's peak dense bf16/fp16 throughput.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+# Peak dense bf16/fp16 tensor throughput (FLOP/s) from the vendors' data sheets, by device name
+# fragment as torch reports it. Devices not listed get no MFU unless a peak is given by hand.
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362e12,
+    "Ascend910B": 313e12,
+}
+
+
+def peak_flops(device_name: str) -> float | None:
+    for fragment, flops in PEAK_FLOPS.items():
+        if fragment.lower() in device_name.replace(" ", "").lower():
+            return flops
+    return None
+
+
+@dataclass(frozen=True)
+class FlopModel:
+    """Architecture numbers of one MiniGPT-4 model, enough to count its training FLOPs."""
+
+    vit_matmul_params: int
+    vit_depth: int
+    vit_width: int
+    vit_tokens: int
+    qformer_matmul_params: int
+    qformer_cross_kv_params: int
+    num_query_token: int
+    llm_matmul_params: int
+    llm_layers: int
+    llm_hidden: int
+    llm_trainable: bool = False
+
+    def vision_flops_per_image(self) -> float:
+        t = self.vit_tokens
+        vit = 2 * self.vit_matmul_params * t + 4 * self.vit_depth * t * t * self.vit_width
+        qformer = 2 * self.qformer_matmul_params * self.num_query_token + 2 * self.qformer_cross_kv_params * t
+        return float(vit + qformer)
+
+    def llm_flops(self, tokens: int, seq_len: int) -> float:
+        """FLOPs of forward + backward for ``tokens`` LLM tokens in sequences of ``seq_len``."""
+        per_token = (6 if self.llm_trainable else 4) * self.llm_matmul_params
+        attention = 4 * 2 * self.llm_layers * seq_len * self.llm_hidden
+        return float(tokens * (per_token + attention))
+
+    def step_flops(self, images: int, tokens: int, seq_len: int) -> float:
+        return images * self.vision_flops_per_image() + self.llm_flops(tokens, seq_len)
+
+
+def linear_weight_params(module: nn.Module) -> int:
+    """Weights of every ``nn.Linear`` and ``nn.Conv2d`` under ``module`` (works on the meta device)."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
