@@ -8,6 +8,7 @@ naming the key. Each section documents its keys; the reference's key names are k
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # Where the reference's pretrained weights live. The only table of weight locations.
 WEIGHT_URLS = {
@@ -99,6 +100,31 @@ class Preprocess:
 
 
 @dataclass
+class BuildInfo:
+    """Where a dataset's files are. ``storage`` is, for ``laion``/``cc_sbu``, a brace pattern of
+    shards (``/data/laion/{00000..10488}.tar``), a list of such patterns, a folder of ``.tar``
+    shards, or a ``pipe:`` command that streams one shard (``pipe:aws s3 cp s3://b/{0..9}.tar -``);
+    for ``cc_sbu_align``, the folder holding ``filter_cap.json`` and ``image/``. A str or a list of
+    str (typed Any because OmegaConf 2.3 has no unions; ``Config`` checks it)."""
+
+    storage: Any = ""
+
+
+@dataclass
+class DatasetConfig:
+    """One entry under ``datasets:``; its key is the registered builder name (``laion``, ...)."""
+
+    data_type: str = "images"
+    # Picks the builder's default YAML (its ``DATASET_CONFIG_DICT``); only ``default`` exists.
+    type: str = "default"
+    build_info: BuildInfo = field(default_factory=BuildInfo)
+    vis_processor: SplitProcessors = field(default_factory=SplitProcessors)
+    text_processor: SplitProcessors = field(default_factory=SplitProcessors)
+    # Relative weight of this dataset when several are mixed batch by batch (stage 1: 115 and 14).
+    sample_ratio: float = 1.0
+
+
+@dataclass
 class RunConfig:
     """``run:`` of a YAML file: the reference's keys and defaults (see train_configs/)."""
 
@@ -133,12 +159,25 @@ class RunConfig:
     distributed: bool = True
 
 
+@dataclass
+class RootConfig:
+    """A whole YAML file after merging: every top-level key it may have."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    datasets: dict[str, DatasetConfig] = field(default_factory=dict)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
 __all__ = [
     "WEIGHT_URLS",
+    "BuildInfo",
+    "DatasetConfig",
     "ModelConfig",
     "Preprocess",
     "ProcessorConfig",
     "QFormerArch",
+    "RootConfig",
     "RunConfig",
     "SplitProcessors",
     "VitArch",
