@@ -126,7 +126,10 @@ class DatasetConfig:
 
 @dataclass
 class RunConfig:
-    """``run:`` of a YAML file: the reference's keys and defaults (see train_configs/)."""
+    """``run:`` of a YAML file: the reference's keys and defaults (see train_configs/), then the
+    keys this re-implementation adds. Iterations count batches per rank; an optimizer step happens
+    every ``accum_grad_iters`` of them. ``output_dir`` is relative to the working directory (the
+    reference put it inside the package); each run writes to ``output_dir/<job_id>/``."""
 
     task: str = "image_text_pretrain"
     runner: str = "runner_base"
@@ -153,10 +156,31 @@ class RunConfig:
     train_splits: list[str] = field(default_factory=lambda: ["train"])
     valid_splits: list[str] = field(default_factory=list)
     test_splits: list[str] = field(default_factory=list)
+    # cuda, npu, cpu, or auto (the first of cuda, npu, cpu that is present); see common/device.py.
     device: str = "cuda"
+    # The reference's distributed keys. torchrun's environment decides (RANK, WORLD_SIZE,
+    # LOCAL_RANK): one process without torchrun trains alone whatever these say, as the reference's
+    # init_distributed_mode did. dist_url is passed to init_process_group.
     world_size: int = 1
     dist_url: str = "env://"
     distributed: bool = True
+    # New keys (not in the reference).
+    # Mixed precision: None follows ``amp`` (bf16 autocast where the device supports it, else fp16
+    # with a loss scaler; fp32 on CPU); "fp32", "bf16" or "fp16" forces one, on any device.
+    precision: str | None = None
+    # None: a dynamic loss scale for fp16 (the reference's GradScaler). A number: that fixed scale,
+    # as the Ascend port's GradScaler(dynamic=False) (65536.0); steps with non-finite gradients are
+    # still skipped, where the Ascend port applied them.
+    static_loss_scale: float | None = None
+    # Gradient clipping by total L2 norm of the trainable parameters; None: off (the reference).
+    max_grad_norm: float | None = None
+    # Also write ``checkpoint_last.pth`` every N iterations inside an epoch (0: only at epoch end,
+    # the reference). A multiple of accum_grad_iters.
+    checkpoint_interval: int = 0
+    # A step whose loss is not finite is skipped and counted; this many in a row stop the run. The
+    # count is read at every log line and at the end of each epoch (never per step, to keep the
+    # device asynchronous); skipped steps leave the weights untouched, so stopping late is harmless.
+    max_nonfinite_steps: int = 5
 
 
 @dataclass
