@@ -6,6 +6,7 @@ runners, LR schedules). The imports below are the one place where that happens.
 
 from pathlib import Path
 
+from minigpt4.common import optims  # noqa: F401  (registers the LR schedules)
 from minigpt4.common.registry import registry
 
 LIBRARY_ROOT = Path(__file__).resolve().parent
