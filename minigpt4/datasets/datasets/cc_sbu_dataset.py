@@ -1,0 +1,89 @@
+"""``cc_sbu_align``: the stage-2 image descriptions, a map-style dataset.
+
+The folder holds ``filter_cap.json`` (``{"annotations": [{"image_id": ..., "caption": ...}]}``)
+and ``image/<image_id>.jpg``. As in the reference the captions are used raw: the stage-2 prompt
+template and ``end_sym`` are added by the model, and no caption processor runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+ANNOTATION_FILE = "filter_cap.json"
+IMAGE_FOLDER = "image"
+
+
+def load_annotations(path: Path) -> list[dict[str, Any]]:
+    """The ``annotations`` list of ``filter_cap.json``, each with an ``image_id`` and a ``caption``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"cc_sbu_align: annotation file {path} not found (expected {ANNOTATION_FILE})")
+    with path.open(encoding="utf-8") as f:
+        content = json.load(f)
+    if not isinstance(content, dict) or not isinstance(content.get("annotations"), list):
+        raise ValueError(f"cc_sbu_align: {path} must hold {{'annotations': [{{'image_id', 'caption'}}, ...]}}")
+    annotations = content["annotations"]
+    for index, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
+            raise ValueError(
+                f"cc_sbu_align: annotation {index} of {path} needs 'image_id' and a 'caption' string: {ann!r}"
+            )
+    return annotations
+
+
+class CCSBUAlignDataset(Dataset):
+    """``{"image": tensor (3, H, W), "text_input": raw caption, "image_id": int}`` per annotation;
+    ``image_id`` is the running index of the distinct ids, as the reference numbers them."""
+
+    def __init__(
+        self,
+        vis_processor: Callable[[Image.Image], Any],
+        storage: str | Path,
+        *,
+        name: str = "cc_sbu_align",
+        sample_ratio: float = 1.0,
+    ) -> None:
+        storage = Path(storage)
+        if not storage.is_dir():
+            raise FileNotFoundError(
+                f"{name}: storage folder {storage} not found; it must hold {ANNOTATION_FILE} and {IMAGE_FOLDER}/"
+            )
+        self.vis_processor = vis_processor
+        self.vis_root = storage / IMAGE_FOLDER
+        self.annotation = load_annotations(storage / ANNOTATION_FILE)
+        self.img_ids: dict[Any, int] = {}
+        for ann in self.annotation:
+            self.img_ids.setdefault(ann["image_id"], len(self.img_ids))
+        self.name = name
+        self.sample_ratio = sample_ratio
+
+    def __len__(self) -> int:
+        return len(self.annotation)
+
+    def image_path(self, image_id: Any) -> Path:
+        return self.vis_root / f"{image_id}.jpg"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ann = self.annotation[index]
+        path = self.image_path(ann["image_id"])
+        try:
+            with Image.open(path) as raw:
+                image = raw.convert("RGB")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{self.name}: image of image_id '{ann['image_id']}' (annotation {index}) not found: {path}"
+            ) from None
+        except (OSError, SyntaxError, ValueError) as exn:
+            raise ValueError(
+                f"{self.name}: image of image_id '{ann['image_id']}' (annotation {index}) is unreadable: {path} ({exn})"
+            ) from exn
+        return {
+            "image": self.vis_processor(image),
+            "text_input": ann["caption"],
+            "image_id": self.img_ids[ann["image_id"]],
+        }

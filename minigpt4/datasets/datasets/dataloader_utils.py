@@ -1,0 +1,122 @@
+"""Training batches from the built datasets: one DataLoader per dataset, mixed batch by batch.
+
+``build_train_loader`` is what the runner calls. Each batch is
+``{"image": tensor (B, 3, H, W), "text_input": list of B str}`` (map-style ``cc_sbu_align``
+batches also carry ``image_id``, a tensor (B,)). Everything random here is seeded from
+``run.seed`` and the rank, so a run can be repeated exactly:
+
+* webdataset streams (``laion``, ``cc_sbu``) draw their own shards and shuffle per rank and worker
+  (``ImageTextShards.for_rank``);
+* map-style datasets are shuffled and split across ranks by ``DistributedSampler`` (seeded, a new
+  order every pass, last incomplete batch dropped) and repeated without end (``IterLoader``);
+* the worker processes' torch RNG (random crops) comes from a seeded DataLoader generator;
+* ``MultiIterLoader`` picks which dataset gives the next whole batch with weights ``sample_ratio``
+  (stage 1: laion 115, cc_sbu 14), as the reference does.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+
+from minigpt4.common.device import resolve_device
+from minigpt4.datasets.datasets.image_text_shards import ImageTextShards, name_id, stream_seed
+
+Batch = dict[str, Any]
+
+
+class IterLoader:
+    """Endless iteration over a DataLoader of a map-style dataset; every new pass calls
+    ``sampler.set_epoch(pass)`` so that the shuffle differs from pass to pass."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self.epoch = 0
+        self._iter = iter(loader)
+
+    def __iter__(self) -> IterLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        try:
+            return next(self._iter)
+        except StopIteration:
+            self.epoch += 1
+            if hasattr(self.loader.sampler, "set_epoch"):
+                self.loader.sampler.set_epoch(self.epoch)
+            self._iter = iter(self.loader)
+            return next(self._iter)
+
+
+class MultiIterLoader:
+    """Each ``next`` returns one whole batch from one loader, chosen at random with probability
+    proportional to ``ratios`` (uniform when None)."""
+
+    def __init__(self, loaders: Sequence[Iterator[Batch]], ratios: Sequence[float] | None = None, seed: int = 0):
+        if ratios is None:
+            ratios = [1.0] * len(loaders)
+        if len(ratios) != len(loaders) or not loaders:
+            raise ValueError(f"need one ratio per loader, got {len(ratios)} ratios for {len(loaders)} loaders")
+        if any(r < 0 for r in ratios) or sum(ratios) <= 0:
+            raise ValueError(f"sample ratios must be non-negative with a positive sum, got {list(ratios)}")
+        total = float(sum(ratios))
+        self.loaders = list(loaders)
+        self.ratios = [r / total for r in ratios]
+        self.rng = random.Random(seed)
+
+    def __iter__(self) -> MultiIterLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        index = self.rng.choices(range(len(self.loaders)), weights=self.ratios)[0]
+        return next(self.loaders[index])
+
+
+def _loader_generator(seed: int, rank: int, name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(stream_seed(seed, rank, name_id(name), 1))
+
+
+def _build_loader(
+    dataset: Dataset, name: str, run_cfg: Any, rank: int, world_size: int, *, pin_memory: bool
+) -> Iterator[Batch]:
+    common = {
+        "batch_size": run_cfg.batch_size_train,
+        "num_workers": run_cfg.num_workers,
+        "pin_memory": pin_memory,
+        "generator": _loader_generator(run_cfg.seed, rank, name),
+    }
+    if isinstance(dataset, ImageTextShards):
+        return iter(DataLoader(dataset.for_rank(run_cfg.seed, rank), **common))
+    if isinstance(dataset, IterableDataset):
+        raise TypeError(f"{name}: iterable datasets other than ImageTextShards cannot be seeded per rank")
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=run_cfg.seed)
+    if len(sampler) < run_cfg.batch_size_train:
+        raise ValueError(
+            f"{name}: {len(dataset)} samples over {world_size} ranks leave {len(sampler)} per rank, "
+            f"fewer than one batch of {run_cfg.batch_size_train}"
+        )
+    loader = DataLoader(dataset, sampler=sampler, drop_last=True, persistent_workers=run_cfg.num_workers > 0, **common)
+    return IterLoader(loader)
+
+
+def build_train_loader(
+    datasets: Mapping[str, Mapping[str, Dataset]], run_cfg: Any, rank: int = 0, world_size: int = 1
+) -> MultiIterLoader:
+    """An endless iterator of training batches.
+
+    ``datasets`` is ``{name: {split: dataset}}`` as the builders return it; the splits in
+    ``run.train_splits`` are used. From ``run_cfg`` it reads ``batch_size_train``, ``num_workers``,
+    ``seed``, ``train_splits`` and ``device`` (memory is pinned only for an accelerator)."""
+    pin_memory = resolve_device(run_cfg.device).type != "cpu"
+    chosen = [
+        (name, splits[split]) for name, splits in datasets.items() for split in run_cfg.train_splits if split in splits
+    ]
+    if not chosen:
+        raise ValueError(f"no dataset has a split in run.train_splits {list(run_cfg.train_splits)}: {dict(datasets)}")
+    loaders = [_build_loader(ds, name, run_cfg, rank, world_size, pin_memory=pin_memory) for name, ds in chosen]
+    ratios = [float(getattr(ds, "sample_ratio", 1.0)) for _, ds in chosen]
+    return MultiIterLoader(loaders, ratios, seed=stream_seed(run_cfg.seed, rank, 2))
