@@ -1,0 +1,162 @@
+"""``Config(args)``: the YAML files and ``--options`` merged onto the typed schema.
+
+Merge order, later winning, as in the reference:
+
+1. the model's default YAML, chosen by ``model.model_type`` through the model class's
+   ``default_config_path`` (``MiniGPT4``: ``configs/models/minigpt4.yaml``);
+2. each dataset's default YAML, chosen by the dataset name and its ``type`` through the builder
+   class's ``default_config_path`` (``configs/datasets/...``);
+3. the user's YAML (``args.cfg_path``);
+4. ``args.options``: ``key=value`` tokens, or ``key value`` pairs.
+
+Everything lands on ``minigpt4.common.schema.RootConfig``, so a misspelt key or a value of the
+wrong type stops here, naming the file or option it came from and the valid keys. Unlike the
+reference, ``model.model_type`` given in ``--options`` does pick the model's default YAML. The
+result is read-only: nothing changes the configuration after start-up. Relative paths are kept as
+written, relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from minigpt4.common.registry import UnknownNameError, registry
+from minigpt4.common.schema import RootConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, with the file or option at fault."""
+
+
+def options_to_dotlist(options: Sequence[str] | None) -> list[str]:
+    """``["a.b=1", "c=2"]`` as is; ``["a.b", "1", "c", "2"]`` paired into the same form."""
+    if not options:
+        return []
+    options = list(options)
+    if "=" in options[0]:
+        bad = [token for token in options if "=" not in token]
+        if bad:
+            raise ConfigError(f"--options: '{bad[0]}' is not key=value (mix no key=value and key value forms)")
+        return options
+    if len(options) % 2:
+        raise ConfigError(f"--options: '{options[-1]}' has no value (give key=value or key value pairs)")
+    return [f"{key}={value}" for key, value in zip(options[::2], options[1::2], strict=True)]
+
+
+def _merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)
+    except ConfigKeyError as exn:
+        schema = exn.object_type
+        hint = str(exn.msg).split("\n")[0]
+        hint = hint[hint.index("Did you mean") :] + " " if "Did you mean" in hint else ""
+        valid = ", ".join(f.name for f in dataclasses.fields(schema)) if dataclasses.is_dataclass(schema) else ""
+        parent = exn.full_key.rpartition(".")[0] or "the top level"
+        raise ConfigError(f"{source}: unknown key '{exn.full_key}'. {hint}Valid keys of {parent}: {valid}") from None
+    except OmegaConfBaseException as exn:
+        raise ConfigError(f"{source}: bad value for '{exn.full_key}': {str(exn.msg).splitlines()[0]}") from None
+
+
+def _load(path: str) -> DictConfig:
+    try:
+        return OmegaConf.load(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+
+
+def _check_names(config: DictConfig) -> None:
+    """Names and values the schema's types cannot express: processor names resolve, storage is a
+    str or a list of str."""
+    entries = [(f"preprocess.{kind}", config.preprocess[kind]) for kind in ("vis_processor", "text_processor")]
+    for name, dataset in config.datasets.items():
+        storage = dataset.build_info.storage
+        if not (isinstance(storage, str) or (OmegaConf.is_list(storage) and all(isinstance(s, str) for s in storage))):
+            raise ConfigError(f"datasets.{name}.build_info.storage must be a str or a list of str, got {storage!r}")
+        entries += [(f"datasets.{name}.{kind}", dataset[kind]) for kind in ("vis_processor", "text_processor")]
+    for key, splits in entries:
+        for split in ("train", "eval"):
+            entry = splits[split]
+            if entry is None:
+                continue
+            if not entry.name:
+                raise ConfigError(f"{key}.{split} needs a 'name' (one of: {', '.join(registry.list_processors())})")
+            try:
+                registry.get_processor_class(entry.name)
+            except UnknownNameError as exn:
+                raise ConfigError(f"{key}.{split}.name: {exn}") from None
+
+
+class Config:
+    """The merged configuration. ``args`` needs ``cfg_path`` and ``options`` (a list or None)."""
+
+    def __init__(self, args: Any) -> None:
+        options = OmegaConf.from_dotlist(options_to_dotlist(args.options))
+        user = _load(args.cfg_path)
+        for root_key in ("model", "datasets"):
+            if root_key not in user:
+                raise ConfigError(f"{args.cfg_path}: expecting '{root_key}' as a root key")
+        schema = OmegaConf.structured(RootConfig)
+        # A first pass only to learn which model and datasets the user asks for.
+        wanted = _merge(_merge(schema, user, args.cfg_path), options, "--options")
+
+        try:
+            model_cls = registry.get_model_class(wanted.model.arch)
+        except UnknownNameError as exn:
+            raise ConfigError(f"model.arch: {exn}") from None
+        model_type = wanted.model.model_type
+        if model_type not in model_cls.PRETRAINED_MODEL_CONFIG_DICT:
+            valid = ", ".join(model_cls.PRETRAINED_MODEL_CONFIG_DICT)
+            raise ConfigError(f"model.model_type '{model_type}' is not one of {wanted.model.arch}'s: {valid}")
+        defaults = [model_cls.default_config_path(model_type)]
+        for name, dataset in wanted.datasets.items():
+            try:
+                defaults.append(registry.get_builder_class(name).default_config_path(dataset.type))
+            except UnknownNameError as exn:
+                raise ConfigError(f"datasets.{name}: {exn}") from None
+
+        config = schema
+        for path in defaults:
+            config = _merge(config, _load(path), path)
+        config = _merge(config, user, args.cfg_path)
+        config = _merge(config, options, "--options")
+        _check_names(config)
+        OmegaConf.set_readonly(config, True)
+        self.config = config
+
+    @property
+    def run_cfg(self) -> DictConfig:
+        return self.config.run
+
+    @property
+    def datasets_cfg(self) -> DictConfig:
+        return self.config.datasets
+
+    @property
+    def model_cfg(self) -> DictConfig:
+        return self.config.model
+
+    def get_config(self) -> DictConfig:
+        return self.config
+
+    def to_dict(self) -> dict[str, Any]:
+        return OmegaConf.to_container(self.config, resolve=True)
+
+    def pretty_print(self) -> None:
+        """Log the run, each dataset and the model section as indented JSON."""
+
+        def dump(node: DictConfig) -> str:
+            return json.dumps(OmegaConf.to_container(node, resolve=True), indent=4, sort_keys=True)
+
+        logger.info("=====  Running Parameters    =====\n%s", dump(self.run_cfg))
+        for name, dataset in self.datasets_cfg.items():
+            logger.info("=====  Dataset: %s  =====\n%s", name, dump(dataset))
+        logger.info("=====  Model Attributes  =====\n%s", dump(self.model_cfg))
