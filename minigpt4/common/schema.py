@@ -142,7 +142,8 @@ class RunConfig:
     weight_decay: float = 0.05
     beta2: float = 0.999
     max_epoch: int = 1
-    iters_per_epoch: int | None = None
+    # The reference fell back to 10000 when the key was missing (its endless loaders have no length).
+    iters_per_epoch: int = 10000
     batch_size_train: int = 1
     batch_size_eval: int = 1
     num_workers: int = 4
