@@ -9,6 +9,7 @@ from pathlib import Path
 from minigpt4.common import optims  # noqa: F401  (registers the LR schedules)
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders import image_text_pair_builder  # noqa: F401  (registers laion, cc_sbu, cc_sbu_align)
+from minigpt4.models import mini_gpt4  # noqa: F401  (registers mini_gpt4)
 from minigpt4.processors import blip_processors  # noqa: F401  (registers blip2_image_train/eval, blip_caption)
 
 LIBRARY_ROOT = Path(__file__).resolve().parent

@@ -43,19 +43,35 @@ class QFormerArch:
 
 @dataclass
 class ModelConfig:
-    """``model:`` of a YAML file. Defaults are the reference's ``MiniGPT4.from_config`` defaults."""
+    """``model:`` of a YAML file. Defaults are the reference's ``MiniGPT4.from_config`` defaults.
+
+    Weight locations (``vit_weights``, ``q_former_model``, ``ckpt``) are local paths or URLs; a URL
+    (``https://``, ``file://``) is downloaded once into ``$MINIGPT4_CACHE_DIR`` (default
+    ``~/.cache/minigpt4``). ``llama_model`` is a local Vicuna/LLaMA folder.
+    """
 
     arch: str = "mini_gpt4"
     model_type: str = "pretrain_vicuna"
+    # The only vision tower the reference knows; any other name is an error.
     vit_model: str = "eva_clip_g"
+    # An ``eva_vit_g.pth``-format file: a flat state dict; blocks beyond ``vit_arch.depth`` are ignored.
     vit_weights: str = WEIGHT_URLS["eva_vit_g"]
     vit_arch: VitArch = field(default_factory=VitArch)
+    # A ``blip2_pretrained_flant5xxl.pth``-format file: ``{'model': ...}`` holding the Q-Former,
+    # ``query_tokens`` and ``ln_vision``.
     q_former_model: str = WEIGHT_URLS["blip2_flant5xxl"]
     qformer_arch: QFormerArch = field(default_factory=QFormerArch)
     image_size: int = 224
     drop_path_rate: float = 0.0
     use_grad_checkpoint: bool = False
+    # Storage dtype of the ViT's Linear and Conv weights (fp16, bf16 or fp32); LayerNorms,
+    # cls_token, pos_embed, q/v biases and ln_vision stay fp32. With fp16/bf16 the vision side,
+    # the Q-Former and llama_proj run under autocast in that dtype, as the reference does.
     vit_precision: str = "fp16"
+    # Dtype of the LLM weights (fp16, bf16 or fp32; new key). ``auto``: fp16, as the reference,
+    # where a CUDA GPU or an Ascend NPU is present, fp32 on a machine with neither. With fp16/bf16
+    # the LLM runs under autocast in that dtype.
+    llm_precision: str = "auto"
     freeze_vit: bool = True
     freeze_qformer: bool = True
     num_query_token: int = 32
@@ -67,8 +83,11 @@ class ModelConfig:
     prompt_template: str = ""
     max_txt_len: int = 32
     end_sym: str = "\n"
+    # 8-bit LLM (bitsandbytes, CUDA only) on GPU ``device_8bit``, vision tower on the CPU.
     low_resource: bool = False
     device_8bit: int = 0
+    # A MiniGPT-4 checkpoint (``{'model': ...}``) loaded last: the released projection file or a
+    # training checkpoint.
     ckpt: str = ""
 
 

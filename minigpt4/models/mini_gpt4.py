@@ -1,0 +1,363 @@
+"""MiniGPT-4: a frozen BLIP-2 vision side aligned with a frozen Vicuna by one trainable Linear.
+
+``image -> EVA ViT -> ln_vision -> Q-Former (query tokens) -> llama_proj -> Vicuna``. Only
+``llama_proj`` trains (``freeze_vit: False`` / ``freeze_qformer: False`` unfreeze those parts).
+
+``MiniGPT4.from_config(cfg)`` builds the modules from the ``model:`` config, reading nothing but the
+LLM folder's ``config.json`` and tokenizer files, and then loads the weights through the named
+loaders, in the reference's order: the ViT (``vit_weights``), the BLIP-2 Q-Former
+(``q_former_model``), the LLM (``llama_model``), and the MiniGPT-4 checkpoint (``ckpt``) if set.
+``MiniGPT4.build(cfg, llama_config, llama_tokenizer)`` builds without any weight file, on the
+current default device (``with torch.device("meta")`` for counting parameters of the full model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from minigpt4.common.device import autocast, parse_dtype, resolve_device
+from minigpt4.common.registry import UnknownNameError, registry
+from minigpt4.common.schema import ModelConfig
+from minigpt4.models.eva_vit import FP32LayerNorm, build_eva_vit, load_eva_vit
+from minigpt4.models.llm import (
+    build_llama,
+    llama_folder,
+    llama_size_name,
+    load_llama,
+    load_llama_tokenizer,
+    read_llama_config,
+)
+from minigpt4.models.loaders import WeightLoadError, check_state_dict, resolve_weights, torch_load
+from minigpt4.models.qformer import blip2_to_ours, build_qformer, load_blip2_qformer
+
+logger = logging.getLogger(__name__)
+
+LIBRARY_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = LIBRARY_ROOT.parent
+IMAGE_PLACEHOLDER = "<ImageHere>"
+IGNORE_INDEX = -100
+
+# Buffers that the reference's modules held and its runner saved into checkpoints next to
+# llama_proj; this model computes them itself, so a checkpoint's copies are dropped.
+REFERENCE_BUFFERS = (
+    re.compile(r"^Qformer\.bert\.embeddings\.position_ids$"),
+    re.compile(r"^llama_model\.model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$"),
+)
+PROJECTION_KEYS = ("llama_proj.weight", "llama_proj.bias")
+
+
+def model_config(cfg: Mapping[str, Any] | DictConfig | ModelConfig) -> DictConfig:
+    """``cfg`` merged onto the schema's defaults, read-only; an unknown key or a wrong type fails
+    naming the key."""
+    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg)
+    OmegaConf.set_readonly(merged, True)
+    return merged
+
+
+def _precision(value: str, key: str) -> torch.dtype:
+    try:
+        return parse_dtype(value)
+    except ValueError as error:
+        raise ValueError(f"model.{key}: {error}") from error
+
+
+def llm_dtype(cfg: DictConfig) -> torch.dtype:
+    """``llm_precision`` as a dtype; ``auto`` is fp16 (the reference) where an accelerator is
+    present and fp32 on a CPU-only machine."""
+    if cfg.llm_precision == "auto":
+        return torch.float16 if resolve_device("auto").type != "cpu" else torch.float32
+    return _precision(cfg.llm_precision, "llm_precision")
+
+
+def read_prompts(prompt_path: str, prompt_template: str) -> list[str]:
+    """The lines of ``prompt_path`` that contain ``<ImageHere>``, each formatted into the template.
+
+    A relative path is looked up in the working directory, then in the repository.
+    """
+    if not prompt_path:
+        return []
+    path = Path(prompt_path)
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / prompt_path
+    if not path.is_file():
+        raise FileNotFoundError(f"model.prompt_path: '{prompt_path}' does not exist")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if IMAGE_PLACEHOLDER in line]
+    if not lines:
+        raise ValueError(f"model.prompt_path: '{prompt_path}' has no line containing {IMAGE_PLACEHOLDER}")
+    prompts = [prompt_template.format(line) for line in lines]
+    logger.info("Load %d training prompts", len(prompts))
+    # The reference prints a random example; the draw is kept so that seeded runs see the same
+    # Python random stream afterwards.
+    logger.info("Prompt Example \n%s", random.choice(prompts))
+    return prompts
+
+
+def _grad(enabled: bool) -> contextlib.AbstractContextManager:
+    """No autograd graph for parts that nothing upstream of the loss trains."""
+    return contextlib.nullcontext() if enabled else torch.no_grad()
+
+
+@dataclass
+class LLMInputs:
+    """What ``forward`` gives the LLM: ``[BOS] [prompt before] [image] [prompt after] [text]``."""
+
+    inputs_embeds: torch.Tensor  # (B, L, H)
+    attention_mask: torch.Tensor  # (B, L) long
+    labels: torch.Tensor  # (B, L) long, -100 on BOS, image, prompt and padding
+    text_input_ids: torch.Tensor  # (B, T) long, the tokenized text, right-padded with pad = eos
+
+
+@registry.register_model("mini_gpt4")
+class MiniGPT4(nn.Module):
+    PRETRAINED_MODEL_CONFIG_DICT: ClassVar[dict[str, str]] = {"pretrain_vicuna": "configs/models/minigpt4.yaml"}
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        llama_model: LlamaForCausalLM,
+        llama_tokenizer: PreTrainedTokenizerBase,
+        prompt_list: list[str],
+    ) -> None:
+        """Use :meth:`from_config` (with weights) or :meth:`build` (without)."""
+        super().__init__()
+        if cfg.vit_model != "eva_clip_g":
+            raise ValueError(
+                f"model.vit_model: '{cfg.vit_model}' is not supported; the only vision model is eva_clip_g"
+            )
+        self.vit_dtype = _precision(cfg.vit_precision, "vit_precision")
+        self.llm_dtype = llm_dtype(cfg)
+        self.freeze_vit = cfg.freeze_vit
+        self.freeze_qformer = cfg.freeze_qformer
+        self.low_resource = cfg.low_resource
+
+        self.visual_encoder = build_eva_vit(
+            cfg.vit_arch, cfg.image_size, cfg.drop_path_rate, cfg.use_grad_checkpoint, self.vit_dtype
+        )
+        self.ln_vision = FP32LayerNorm(self.visual_encoder.embed_dim)
+        self.Qformer, self.query_tokens = build_qformer(
+            cfg.qformer_arch, cfg.num_query_token, self.visual_encoder.embed_dim
+        )
+        self.llama_model = llama_model
+        self.llama_tokenizer = llama_tokenizer
+        self.llama_proj = nn.Linear(self.Qformer.config.hidden_size, llama_model.config.hidden_size)
+
+        self.max_txt_len = cfg.max_txt_len
+        self.end_sym = cfg.end_sym
+        self.prompt_list = prompt_list
+
+        self.visual_encoder.requires_grad_(not self.freeze_vit)
+        self.ln_vision.requires_grad_(not self.freeze_vit)
+        self.Qformer.requires_grad_(not self.freeze_qformer)
+        self.query_tokens.requires_grad_(not self.freeze_qformer)
+        self.llama_model.requires_grad_(False)
+        self.train()
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def default_config_path(cls, model_type: str) -> str:
+        """Absolute path of the default YAML of ``model_type`` (``pretrain_vicuna``)."""
+        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
+            valid = ", ".join(sorted(cls.PRETRAINED_MODEL_CONFIG_DICT))
+            raise UnknownNameError(f"unknown model_type '{model_type}' for mini_gpt4; valid: {valid}")
+        return str(LIBRARY_ROOT / cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
+
+    @classmethod
+    def build(
+        cls,
+        cfg: Mapping[str, Any] | DictConfig | ModelConfig,
+        llama_config: LlamaConfig,
+        llama_tokenizer: PreTrainedTokenizerBase,
+    ) -> MiniGPT4:
+        """The model with random weights, built on the current default device; reads only the
+        prompt file (``prompt_path``) if one is configured."""
+        cfg = model_config(cfg)
+        llama = build_llama(llama_config, llm_dtype(cfg))
+        return cls(cfg, llama, llama_tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template))
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | DictConfig | ModelConfig) -> MiniGPT4:
+        """Build from the ``model:`` config, then load every weight file it names."""
+        cfg = model_config(cfg)
+        folder = llama_folder(cfg.llama_model)
+        tokenizer = load_llama_tokenizer(folder)
+        dtype = llm_dtype(cfg)
+        # The LLM is loaded by transformers' from_pretrained (the one path for sharded folders and
+        # 8-bit quantisation); until then a weightless stand-in of the same config holds its place.
+        with torch.device("meta"):
+            stand_in = build_llama(read_llama_config(folder), dtype)
+        model = cls(cfg, stand_in, tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template))
+        logger.info("Loading VIT")
+        load_eva_vit(model.visual_encoder, resolve_weights(cfg.vit_weights, "vit_weights"))
+        logger.info("Loading Q-Former")
+        load_blip2_qformer(model, resolve_weights(cfg.q_former_model, "q_former_model"))
+        logger.info("Loading LLAMA")
+        model.llama_model = load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit)
+        if cfg.ckpt:
+            logger.info("Load BLIP2-LLM Checkpoint: %s", cfg.ckpt)
+            load_minigpt4_checkpoint(model, resolve_weights(cfg.ckpt, "ckpt"))
+        return model
+
+    # --- modes --------------------------------------------------------------------------------
+
+    def frozen_modules(self) -> Iterator[nn.Module]:
+        if self.freeze_vit:
+            yield self.visual_encoder
+            yield self.ln_vision
+        if self.freeze_qformer:
+            yield self.Qformer
+        yield self.llama_model
+
+    def train(self, mode: bool = True) -> MiniGPT4:
+        """Frozen parts stay in eval mode (no dropout), whatever ``mode`` is."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    # --- forward ------------------------------------------------------------------------------
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """The LLM's input embedding of token ids: (B, T) -> (B, T, H)."""
+        return self.llama_model.get_input_embeddings()(ids)
+
+    def encode_img(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) images -> LLM-space query embeddings (B, Q, H) and their mask (B, Q) long."""
+        device = image.device
+        amp_dtype = self.vit_dtype
+        if self.low_resource:
+            # As the reference: the vision tower runs in fp32 on the CPU, next to the 8-bit LLM.
+            self.visual_encoder.to("cpu", torch.float32)
+            self.ln_vision.to("cpu")
+            image = image.to("cpu")
+            amp_dtype = torch.float32
+        with autocast(image.device, amp_dtype), _grad(not self.freeze_vit):
+            image_embeds = self.ln_vision(self.visual_encoder.forward_features(image)).to(device)  # (B, 1+N, W)
+        with autocast(device, amp_dtype):
+            with _grad(not (self.freeze_vit and self.freeze_qformer)):
+                query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)  # (B, Q, D)
+                query_output = self.Qformer(query_embeds=query_tokens, encoder_hidden_states=image_embeds)
+            inputs_llama = self.llama_proj(query_output.last_hidden_state)  # (B, Q, H)
+        atts_llama = torch.ones(inputs_llama.shape[:-1], dtype=torch.long, device=device)
+        return inputs_llama, atts_llama
+
+    def _tokenize(self, text: str, device: torch.device) -> torch.Tensor:
+        """One text piece -> ids (1, T), without BOS/EOS."""
+        return self.llama_tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+
+    def prompt_wrap(
+        self, img_embeds: torch.Tensor, atts_img: torch.Tensor, prompt: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Put the image embeddings where ``<ImageHere>`` is in ``prompt`` (one prompt for the batch).
+
+        (B, Q, H) -> (B, P_before + Q + P_after, H); an empty prompt returns the inputs unchanged.
+        """
+        if not prompt:
+            return img_embeds, atts_img
+        pieces = prompt.split(IMAGE_PLACEHOLDER)
+        if len(pieces) != 2:
+            raise ValueError(f"a prompt must contain {IMAGE_PLACEHOLDER} exactly once: {prompt!r}")
+        batch = img_embeds.shape[0]
+        before, after = (self.embed_tokens(self._tokenize(piece, img_embeds.device)) for piece in pieces)
+        wrapped = torch.cat([before.expand(batch, -1, -1), img_embeds, after.expand(batch, -1, -1)], dim=1)
+        return wrapped, atts_img[:, :1].expand(-1, wrapped.shape[1])
+
+    def prepare_llm_inputs(self, samples: Mapping[str, Any]) -> LLMInputs:
+        """``samples["image"]`` (B, 3, S, S) and ``samples["text_input"]`` (B strings) -> LLM inputs."""
+        img_embeds, atts_img = self.encode_img(samples["image"])
+        if self.prompt_list:
+            img_embeds, atts_img = self.prompt_wrap(img_embeds, atts_img, random.choice(self.prompt_list))
+        device = img_embeds.device
+        batch = img_embeds.shape[0]
+
+        text = [t + self.end_sym for t in samples["text_input"]]
+        tokens = self.llama_tokenizer(
+            text,
+            return_tensors="pt",
+            padding="longest",
+            padding_side="right",
+            truncation=True,
+            max_length=self.max_txt_len,
+            add_special_tokens=False,
+        ).to(device)
+        text_ids = tokens.input_ids  # (B, T)
+        # pad = eos, so an eos inside the text is not a target either (as in the reference)
+        text_targets = text_ids.masked_fill(text_ids == self.llama_tokenizer.pad_token_id, IGNORE_INDEX)
+        prefix_targets = torch.full((batch, 1 + atts_img.shape[1]), IGNORE_INDEX, dtype=torch.long, device=device)
+
+        bos = torch.full((batch, 1), self.llama_tokenizer.bos_token_id, dtype=torch.long, device=device)
+        inputs_embeds = torch.cat([self.embed_tokens(bos), img_embeds, self.embed_tokens(text_ids)], dim=1)
+        attention_mask = torch.cat([atts_img[:, :1], atts_img, tokens.attention_mask], dim=1)
+        return LLMInputs(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            labels=torch.cat([prefix_targets, text_targets], dim=1),
+            text_input_ids=text_ids,
+        )
+
+    def forward(self, samples: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"loss", "tokens" (real LLM input tokens, a 0-dim tensor), "padded_tokens" (B * L)}``."""
+        inputs = self.prepare_llm_inputs(samples)
+        with autocast(inputs.inputs_embeds.device, self.llm_dtype):
+            outputs = self.llama_model(
+                inputs_embeds=inputs.inputs_embeds,
+                attention_mask=inputs.attention_mask,
+                labels=inputs.labels,
+                use_cache=False,
+                return_dict=True,
+            )
+        return {
+            "loss": outputs.loss,
+            "tokens": inputs.attention_mask.sum(),
+            "padded_tokens": inputs.attention_mask.numel(),
+        }
+
+
+def explain_checkpoint_shape(key: str, have: tuple[int, ...], want: tuple[int, ...]) -> str | None:
+    """Shape mismatches of a MiniGPT-4 checkpoint in words."""
+    if key.startswith("llama_proj.") and have[0] != want[0]:
+        return (
+            f"llama_proj was trained for hidden size {have[0]} ({llama_size_name(have[0])}) "
+            f"but the LLM has {want[0]} ({llama_size_name(want[0])})"
+        )
+    if key == "llama_proj.weight" and have[1] != want[1]:
+        return f"llama_proj was trained on a Q-Former of width {have[1]}; qformer_arch.hidden_size is {want[1]}"
+    return None
+
+
+def load_minigpt4_checkpoint(model: MiniGPT4, path: Path) -> None:
+    """Load a MiniGPT-4 checkpoint (``{'model': {...}, ...}``) into ``model``.
+
+    Accepted: the released projection-only files, the reference runner's checkpoints (trainable
+    parameters plus buffers, the reference-only buffers dropped) and this project's runner's
+    checkpoints (trainable parameters and buffers under this model's names). ``llama_proj`` must be
+    present; every other key must name a parameter or buffer of the model.
+    """
+    checkpoint = torch_load(path)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise WeightLoadError(
+            f"{path} is not a MiniGPT-4 checkpoint: expected a dict with a 'model' entry, got {found}"
+        )
+    state = {
+        blip2_to_ours(key): value
+        for key, value in checkpoint["model"].items()
+        if not any(pattern.match(key) for pattern in REFERENCE_BUFFERS)
+    }
+    expected = model.state_dict()
+    optional = set(expected) - set(PROJECTION_KEYS)
+    check_state_dict(expected, state, f"the MiniGPT-4 checkpoint {path}", explain_checkpoint_shape, optional)
+    model.load_state_dict(state, strict=False)
+    logger.info("Loaded %d tensors from %s", len(state), path)
