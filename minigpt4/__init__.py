@@ -11,6 +11,8 @@ from minigpt4.common.registry import registry
 from minigpt4.datasets.builders import image_text_pair_builder  # noqa: F401  (registers laion, cc_sbu, cc_sbu_align)
 from minigpt4.models import mini_gpt4  # noqa: F401  (registers mini_gpt4)
 from minigpt4.processors import blip_processors  # noqa: F401  (registers blip2_image_train/eval, blip_caption)
+from minigpt4.runners import runner_base  # noqa: F401  (registers runner_base)
+from minigpt4.tasks import image_text_pretrain  # noqa: F401  (registers image_text_pretrain)
 
 LIBRARY_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = LIBRARY_ROOT.parent

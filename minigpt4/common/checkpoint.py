@@ -1,0 +1,111 @@
+"""Training checkpoints: what the runner saves, written atomically, read without running code.
+
+A checkpoint keeps the reference's keys, so that ``model.ckpt`` and the reference's tools read it:
+
+* ``model``: the unwrapped model's state_dict without the parameters that do not train. Buffers
+  survive, as in the reference: for MiniGPT-4 that is ``llama_proj.*`` plus the Q-Former's
+  ``position_ids`` and any LLM buffers saved in the state_dict.
+* ``optimizer``, ``scaler`` (the loss scaler's state_dict), ``config`` (the merged config as a
+  plain dict), ``epoch`` (the epoch the checkpoint was taken in).
+
+and adds what an exact resume needs: ``iters`` (iterations of that epoch already done; equal to
+``iters_per_epoch`` when the epoch is complete), ``global_step``, ``scheduler`` (its name and the
+position it was last stepped at) and ``rng`` (the Python, NumPy, torch and device generator states
+of every rank, as tensors and plain types). Everything loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict without frozen parameters (tied names included); buffers are kept."""
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a checkpoint's ``model`` entry: it must hold every trainable parameter and buffer of
+    ``model`` and nothing the model lacks; frozen parameters keep the weights they were loaded
+    with."""
+    expected = set(trainable_state_dict(model))
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:
+        raise KeyError(
+            f"{source} does not match the model's trainable parameters: "
+            f"missing {missing or 'none'}; unexpected {unexpected or 'none'}"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The state of every random generator this process draws from, in weights-only types."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if device.type != "cpu":
+        state["device"] = torch.get_device_module(device.type).get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if device.type != "cpu" and "device" in state:
+        torch.get_device_module(device.type).set_rng_state(state["device"], device)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write to a temporary file beside ``path``, flush it to disk, then rename it over ``path``:
+    a run killed while saving leaves the previous checkpoint intact."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's dict, on the CPU, without unpickling anything but tensors and plain types."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+__all__ = [
+    "load_checkpoint",
+    "load_trainable_state_dict",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "trainable_state_dict",
+]

@@ -1,0 +1,281 @@
+"""Logging for training: console set-up, the per-interval step line, ``log.txt`` and TensorBoard.
+
+Rank 0 logs at INFO, the other ranks only warnings and errors. Every ``run.log_freq`` iterations
+rank 0 writes one line that starts with ``train: step=`` and holds ``key=value`` fields, so that
+scripts can grep and parse it (``test/*.sh`` do):
+
+    train: step=40/400 epoch=0 iter=40/200 loss=2.3456 lr=1.000e-05 step_time=0.512 data_time=0.003
+    samples/s=125.0 TokensPerSec=4321.0 TokensPerSec_padded=5678.0 peak_mem_MiB=1234 nonfinite=0 eta=0:01:23
+
+(one line in the log). Every figure covers the iterations since the previous line, over all
+ranks: ``loss`` is the mean loss, ``step_time`` the wall time per iteration, ``samples/s`` and
+``TokensPerSec`` the totals of all ranks per second. **TokensPerSec** counts the LLM input tokens
+processed (BOS + prompt + image query tokens + text, as the model reports them in ``tokens``);
+``TokensPerSec_padded`` counts the padded sequences the LLM actually ran (``padded_tokens``).
+``peak_mem_MiB`` is the device's peak allocated memory (on CPU, the process's peak resident set).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minigpt4.common.device import max_memory_allocated, synchronize
+from minigpt4.common.dist_utils import all_reduce
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
+HANDLER_NAME = "minigpt4"
+
+
+def setup_logger(rank: int = 0) -> None:
+    """INFO on rank 0, WARNING elsewhere, one console handler (calling it again replaces it)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(HANDLER_NAME)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def append_log_txt(output_dir: Path, text: str) -> None:
+    """``output_dir/log.txt`` as the reference writes it: the indented config, then one JSON line
+    per epoch."""
+    with open(output_dir / "log.txt", "a", encoding="utf-8") as f:
+        f.write(text + "\n")
+
+
+def log_config(output_dir: Path, config: dict[str, Any]) -> None:
+    append_log_txt(output_dir, json.dumps(config, indent=4))
+
+
+def log_epoch(output_dir: Path, stats: dict[str, Any]) -> None:
+    append_log_txt(output_dir, json.dumps(stats))
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    peak = max_memory_allocated(device)
+    if device.type == "cpu":
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return peak / 2**20
+
+
+@dataclass
+class WindowStats:
+    """What happened since the previous log line (or over an epoch), summed over all ranks."""
+
+    iters: int  # iterations per rank
+    elapsed: float  # wall seconds (the slowest rank's)
+    loss_sum: float  # over finite losses
+    finite: int
+    nonfinite: int
+    tokens: float  # real LLM input tokens
+    padded_tokens: float
+    samples: float
+    data_time: float  # seconds this rank waited for batches
+    longest_nonfinite_run: int  # since the start of training
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.finite if self.finite else float("nan")
+
+    @property
+    def step_time(self) -> float:
+        return self.elapsed / max(self.iters, 1)
+
+    @property
+    def data_time_per_iter(self) -> float:
+        return self.data_time / max(self.iters, 1)
+
+    @property
+    def samples_per_sec(self) -> float:
+        return self.samples / max(self.elapsed, 1e-9)
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return self.tokens / max(self.elapsed, 1e-9)
+
+    @property
+    def padded_tokens_per_sec(self) -> float:
+        return self.padded_tokens / max(self.elapsed, 1e-9)
+
+    def __add__(self, other: WindowStats) -> WindowStats:
+        return WindowStats(
+            iters=self.iters + other.iters,
+            elapsed=self.elapsed + other.elapsed,
+            loss_sum=self.loss_sum + other.loss_sum,
+            finite=self.finite + other.finite,
+            nonfinite=self.nonfinite + other.nonfinite,
+            tokens=self.tokens + other.tokens,
+            padded_tokens=self.padded_tokens + other.padded_tokens,
+            samples=self.samples + other.samples,
+            data_time=self.data_time + other.data_time,
+            longest_nonfinite_run=max(self.longest_nonfinite_run, other.longest_nonfinite_run),
+        )
+
+
+EMPTY_WINDOW = WindowStats(0, 0.0, 0.0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0)
+
+
+class StepMetrics:
+    """Accumulates per-iteration figures without synchronising with the device, and reads them
+    once per log interval: one device synchronisation and two all-reduces.
+
+    Per rank it sums the finite losses and counts them, counts non-finite losses and tracks the
+    current and longest runs of consecutive ones (device tensors), and sums the real and padded
+    LLM tokens (tensors or ints, as the model returns them), the samples and the learning rate
+    (host numbers). The windows read during an epoch add up to the epoch's figures."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._losses = torch.zeros(3, dtype=torch.float64, device=device)  # sum, finite, non-finite
+        self._run = torch.zeros((), dtype=torch.float64, device=device)
+        self._longest = torch.zeros((), dtype=torch.float64, device=device)
+        self._epoch = EMPTY_WINDOW
+        self._epoch_lr_sum = 0.0
+        self.start_window()
+
+    def start_window(self) -> None:
+        synchronize(self.device)
+        self._losses.zero_()
+        self._tokens: torch.Tensor | int = 0
+        self._padded: torch.Tensor | int = 0
+        self._samples = 0
+        self._iters = 0
+        self._data_time = 0.0
+        self._t0 = time.perf_counter()
+
+    def update(
+        self,
+        loss: torch.Tensor,
+        *,
+        tokens: torch.Tensor | int,
+        padded_tokens: torch.Tensor | int,
+        samples: int,
+        lr: float,
+        data_time: float,
+    ) -> None:
+        loss = loss.detach().double()
+        finite = torch.isfinite(loss)
+        bad = (~finite).double()
+        self._losses += torch.stack([torch.where(finite, loss, 0.0), finite.double(), bad])
+        self._run = (self._run + 1.0) * bad
+        self._longest = torch.maximum(self._longest, self._run)
+        self._tokens = self._tokens + tokens
+        self._padded = self._padded + padded_tokens
+        self._samples += samples
+        self._epoch_lr_sum += lr
+        self._data_time += data_time
+        self._iters += 1
+
+    def read(self) -> WindowStats:
+        """All ranks must call this at the same iteration (it all-reduces)."""
+        synchronize(self.device)
+        elapsed = time.perf_counter() - self._t0
+        counts = [torch.as_tensor(x, device=self.device).double() for x in (self._tokens, self._padded, self._samples)]
+        sums = all_reduce(torch.cat([self._losses, torch.stack(counts)]))
+        elapsed_t = torch.tensor(elapsed, dtype=torch.float64, device=self.device)
+        maxes = all_reduce(torch.stack([self._longest, elapsed_t]), torch.distributed.ReduceOp.MAX)
+        loss_sum, finite, nonfinite, tokens, padded, samples = sums.tolist()
+        longest, elapsed = maxes.tolist()
+        window = WindowStats(
+            iters=self._iters,
+            elapsed=elapsed,
+            loss_sum=loss_sum,
+            finite=int(finite),
+            nonfinite=int(nonfinite),
+            tokens=tokens,
+            padded_tokens=padded,
+            samples=samples,
+            data_time=self._data_time,
+            longest_nonfinite_run=int(longest),
+        )
+        self._epoch = self._epoch + window
+        return window
+
+    def end_epoch(self) -> dict[str, Any]:
+        """The epoch's figures for ``log.txt`` (the reference's ``train_lr``/``train_loss`` strings
+        first, the lr now in a readable precision), then resets them."""
+        epoch, lr_mean = self._epoch, self._epoch_lr_sum / max(self._epoch.iters, 1)
+        self._epoch, self._epoch_lr_sum = EMPTY_WINDOW, 0.0
+        return {
+            "train_lr": f"{lr_mean:.3e}",
+            "train_loss": f"{epoch.loss:.3f}",
+            "iters": epoch.iters,
+            "step_time": round(epoch.step_time, 6),
+            "samples_per_sec": round(epoch.samples_per_sec, 3),
+            "TokensPerSec": round(epoch.tokens_per_sec, 1),
+            "TokensPerSec_padded": round(epoch.padded_tokens_per_sec, 1),
+            "nonfinite_steps": epoch.nonfinite,
+        }
+
+
+def format_step_line(
+    stats: WindowStats,
+    *,
+    step: int,
+    total_steps: int,
+    epoch: int,
+    inner: int,
+    iters_per_epoch: int,
+    lr: float,
+    peak_mem_mib: float,
+    eta_seconds: float,
+) -> str:
+    eta = datetime.timedelta(seconds=int(eta_seconds))
+    return (
+        f"train: step={step}/{total_steps} epoch={epoch} iter={inner}/{iters_per_epoch} loss={stats.loss:.4f} "
+        f"lr={lr:.3e} step_time={stats.step_time:.4f} data_time={stats.data_time_per_iter:.4f} "
+        f"samples/s={stats.samples_per_sec:.2f} TokensPerSec={stats.tokens_per_sec:.1f} "
+        f"TokensPerSec_padded={stats.padded_tokens_per_sec:.1f} peak_mem_MiB={peak_mem_mib:.0f} "
+        f"nonfinite={stats.nonfinite} eta={eta}"
+    )
+
+
+class TensorBoard:
+    """Scalars to ``output_dir/tensorboard`` when the ``tensorboard`` package is installed; a
+    no-op otherwise (it is optional)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.writer = None
+            logger.info("tensorboard is not installed: loss and throughput go to the console and log.txt only")
+            return
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def add_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+__all__ = [
+    "StepMetrics",
+    "TensorBoard",
+    "WindowStats",
+    "format_step_line",
+    "log_config",
+    "log_epoch",
+    "peak_memory_mib",
+    "setup_logger",
+]

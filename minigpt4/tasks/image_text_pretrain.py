@@ -1,0 +1,61 @@
+"""``image_text_pretrain``: the task of both MiniGPT-4 stages (``run.task`` in the train YAMLs).
+
+A task says what a run builds from the config and what one training step computes; the runner
+owns the loop. Before anything is loaded, ``check_inputs`` makes sure that every local file the
+run will read exists, so that a wrong path stops the run in seconds, naming the key and the path,
+rather than after minutes of loading.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from minigpt4.common.registry import registry
+from minigpt4.datasets.builders import build_datasets
+from minigpt4.models.llm import llama_folder
+from minigpt4.models.loaders import is_url
+from minigpt4.models.mini_gpt4 import REPO_ROOT
+
+# model: keys naming weight files, each a local path or a URL (downloaded when the model loads).
+WEIGHT_KEYS = ("vit_weights", "q_former_model", "ckpt")
+
+
+@registry.register_task("image_text_pretrain")
+class ImageTextPretrainTask:
+    @classmethod
+    def setup_task(cls, cfg: Any) -> ImageTextPretrainTask:
+        del cfg  # the reference's signature; this task has no settings of its own
+        return cls()
+
+    def check_inputs(self, cfg: Any) -> None:
+        """Raise FileNotFoundError for the first configured local input that does not exist: the
+        weight files (``ckpt`` only when set), the LLM folder, the prompt file (looked up in the
+        working directory, then the repository, as the model does) and the resume checkpoint."""
+        model_cfg = cfg.model_cfg
+        for key in WEIGHT_KEYS:
+            location = model_cfg[key]
+            if (location or key != "ckpt") and not is_url(location) and not Path(location).expanduser().is_file():
+                raise FileNotFoundError(f"model.{key}: weight file '{location}' does not exist")
+        llama_folder(model_cfg.llama_model)
+        prompt_path = model_cfg.prompt_path
+        if prompt_path and not (Path(prompt_path).is_file() or (REPO_ROOT / prompt_path).is_file()):
+            raise FileNotFoundError(f"model.prompt_path: '{prompt_path}' does not exist")
+        resume = cfg.run_cfg.resume_ckpt_path
+        if resume and not Path(resume).is_file():
+            raise FileNotFoundError(f"run.resume_ckpt_path: checkpoint '{resume}' does not exist")
+
+    def build_datasets(self, cfg: Any) -> dict[str, dict[str, Dataset]]:
+        """``{name: {"train": dataset}}``; shard patterns that match nothing fail here."""
+        return build_datasets(cfg.datasets_cfg)
+
+    def build_model(self, cfg: Any) -> nn.Module:
+        return registry.get_model_class(cfg.model_cfg.arch).from_config(cfg.model_cfg)
+
+    def train_step(self, model: nn.Module, samples: dict[str, Any]) -> dict[str, Any]:
+        """The model's output for one batch: ``loss`` and the LLM token counts (``tokens``,
+        ``padded_tokens``) that throughput is measured in."""
+        return model(samples)

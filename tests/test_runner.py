@@ -1,0 +1,267 @@
+"""The runner's mechanics on a small real model of our own: learning, parameter groups, log lines,
+log.txt, checkpoints, exact resume, accumulation, clipping, precision and the non-finite guard."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.utils.data import Dataset
+
+import minigpt4  # noqa: F401  (registers every name)
+from minigpt4.common.checkpoint import load_checkpoint
+from minigpt4.common.schema import RunConfig
+from minigpt4.runners.runner_base import NonFiniteLossError, RunnerBase, build_optimizer, setup_output_dir
+from minigpt4.tasks import ImageTextPretrainTask
+
+TOKENS_PER_SAMPLE = 3  # what TinyCaptioner reports as real LLM tokens per sample
+PADDED_PER_SAMPLE = 4
+
+
+class TinyCaptioner(nn.Module):
+    """MiniGPT-4's shape in miniature: a frozen encoder, a trainable projection (with dropout and
+    a norm whose name holds ``ln``), a frozen head, a buffer. Its loss also draws from Python's
+    ``random``, as MiniGPT-4's prompt choice does, so that resuming must restore that generator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(12, 16)
+        self.proj = nn.Linear(16, 16)
+        self.ln_proj = nn.LayerNorm(16)
+        self.drop = nn.Dropout(0.1)
+        self.head = nn.Linear(16, 4)
+        self.register_buffer("loss_weight", torch.tensor(1.0))
+        for module in (self.encoder, self.head):
+            module.requires_grad_(False)
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, samples: dict) -> dict:
+        x = self.encoder(samples["image"].flatten(1))  # (B, 16)
+        h = self.proj(x)
+        self.dtypes.append(h.dtype)
+        logits = self.head(self.drop(self.ln_proj(h)))  # (B, 4)
+        jitter = 1.0 + 0.01 * random.random()
+        loss = F.cross_entropy(logits.float(), samples["label"], ignore_index=-100) * self.loss_weight * jitter
+        batch = samples["label"].shape[0]
+        return {
+            "loss": loss,
+            "tokens": torch.tensor(TOKENS_PER_SAMPLE * batch),
+            "padded_tokens": PADDED_PER_SAMPLE * batch,
+        }
+
+
+class Pairs(Dataset):
+    """Learnable image-label pairs; ``poison`` lists sample indices whose label is ignored (-100):
+    a batch made only of them has the loss 0/0 = NaN with all-zero gradients."""
+
+    def __init__(self, n: int = 32, poison: tuple[int, ...] = ()) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randn(n, 3, 2, 2, generator=g)
+        self.labels = self.images.flatten(1)[:, :4].argmax(1)
+        self.poison = set(poison)
+        self.name = "pairs"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        label = -100 if i in self.poison else int(self.labels[i])
+        return {"image": self.images[i], "label": label, "text_input": f"sample {i}"}
+
+
+class RunOnly:
+    """The part of ``Config`` the runner reads: ``run_cfg`` and ``to_dict()``."""
+
+    def __init__(self, **run: object) -> None:
+        self.run_cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), run)
+
+    def to_dict(self) -> dict:
+        return {"run": OmegaConf.to_container(self.run_cfg)}
+
+
+def run_keys(tmp_path: Path, **overrides: object) -> dict:
+    keys = {
+        "device": "cpu",
+        "init_lr": 3e-2,
+        "min_lr": 1e-3,
+        "warmup_lr": 1e-3,
+        "warmup_steps": 2,
+        "max_epoch": 2,
+        "iters_per_epoch": 6,
+        "batch_size_train": 4,
+        "num_workers": 0,
+        "log_freq": 1,
+        "output_dir": str(tmp_path / "out"),
+        "amp": False,
+    }
+    keys.update(overrides)
+    return keys
+
+
+def make_runner(tmp_path: Path, job_id: str = "job", dataset: Dataset | None = None, **overrides: object) -> RunnerBase:
+    torch.manual_seed(0)
+    random.seed(0)
+    cfg = RunOnly(**run_keys(tmp_path, **overrides))
+    setup_output_dir(cfg.run_cfg, job_id)
+    datasets = {"pairs": {"train": dataset or Pairs()}}
+    return RunnerBase(cfg=cfg, task=ImageTextPretrainTask(), model=TinyCaptioner(), datasets=datasets, job_id=job_id)
+
+
+def train(tmp_path: Path, job_id: str = "job", dataset: Dataset | None = None, **overrides: object) -> RunnerBase:
+    runner = make_runner(tmp_path, job_id, dataset, **overrides)
+    runner.train()
+    return runner
+
+
+def test_parameter_groups_follow_the_reference_rule():
+    optimizer = build_optimizer(TinyCaptioner(), OmegaConf.structured(RunConfig(weight_decay=0.05, beta2=0.99)))
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert [tuple(p.shape) for p in decay["params"]] == [(16, 16)]  # proj.weight only
+    assert sorted(tuple(p.shape) for p in no_decay["params"]) == [(16,), (16,), (16,)]  # proj.bias, ln_proj.*
+    assert decay["betas"] == (0.9, 0.99)  # frozen encoder and head are in neither group
+
+
+def test_training_learns_logs_and_checkpoints(tmp_path, caplog):
+    caplog.set_level("INFO")
+    runner = train(tmp_path, max_epoch=3, iters_per_epoch=8, dataset=Pairs(n=8))
+    losses = [h["loss"] for h in runner.history]
+    assert len(losses) == 24
+    assert sum(losses[-4:]) < 0.5 * sum(losses[:4])  # the fixed 8 samples are being learnt
+
+    # One parseable line per log_freq, throughput consistent with the model's token counts.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train: step=")]
+    assert len(lines) == 24
+    fields = dict(re.findall(r"(\S+)=(\S+)", lines[-1]))
+    assert fields["step"] == "24/24" and fields["epoch"] == "2" and fields["iter"] == "8/8"
+    for key in ("loss", "lr", "step_time", "data_time", "samples/s", "TokensPerSec", "TokensPerSec_padded"):
+        float(fields[key])
+    assert float(fields["TokensPerSec"]) / float(fields["samples/s"]) == pytest.approx(TOKENS_PER_SAMPLE, rel=1e-3)
+    assert float(fields["TokensPerSec_padded"]) / float(fields["TokensPerSec"]) == pytest.approx(4 / 3, rel=1e-3)
+    assert re.fullmatch(r"\d+:\d\d:\d\d", fields["eta"]) and fields["nonfinite"] == "0"
+    assert int(fields["peak_mem_MiB"]) > 0
+
+    out = tmp_path / "out" / "job"
+    text = (out / "log.txt").read_text()
+    config_end = text.index("\n}\n") + 3
+    assert json.loads(text[:config_end])["run"]["iters_per_epoch"] == 8
+    epochs = [json.loads(line) for line in text[config_end:].splitlines()]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    assert float(epochs[2]["train_loss"]) < float(epochs[0]["train_loss"])
+    assert epochs[0]["iters"] == 8 and epochs[0]["TokensPerSec"] > 0 and "train_lr" in epochs[0]
+
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint_0.pth",
+        "checkpoint_1.pth",
+        "checkpoint_2.pth",
+        "log.txt",
+    ]
+    ckpt = load_checkpoint(out / "checkpoint_2.pth")
+    assert set(ckpt) >= {"model", "optimizer", "scaler", "config", "epoch", "iters", "global_step", "scheduler", "rng"}
+    # Trainable parameters and the buffer; no frozen weight.
+    assert sorted(ckpt["model"]) == ["ln_proj.bias", "ln_proj.weight", "loss_weight", "proj.bias", "proj.weight"]
+    assert torch.equal(ckpt["model"]["proj.weight"], runner.model.proj.weight.detach())
+    assert ckpt["epoch"] == 2 and ckpt["iters"] == 8 and ckpt["global_step"] == 24
+    assert ckpt["config"]["run"]["max_epoch"] == 3
+    assert ckpt["optimizer"]["state"][0]["step"].item() == 24
+    assert ckpt["scheduler"]["name"] == "linear_warmup_cosine_lr" and ckpt["scheduler"]["step"] == 7
+    assert len(ckpt["rng"]) == 1 and set(ckpt["rng"][0]) == {"python", "numpy", "torch"}
+
+
+def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
+    keys = {"max_epoch": 2, "iters_per_epoch": 6, "checkpoint_interval": 2}
+    full = train(tmp_path, job_id="full", **keys)
+    losses = {h["step"]: h["loss"] for h in full.history}
+    out = tmp_path / "out" / "full"
+    # checkpoint_last.pth was last written at step 10 (epoch 1, 4 iterations in).
+    last = load_checkpoint(out / "checkpoint_last.pth")
+    assert (last["epoch"], last["iters"], last["global_step"]) == (1, 4, 10)
+
+    from_epoch = train(tmp_path, job_id="from_epoch", resume_ckpt_path=str(out / "checkpoint_0.pth"), **keys)
+    assert [h["step"] for h in from_epoch.history] == list(range(7, 13))
+    assert [h["loss"] for h in from_epoch.history] == [losses[s] for s in range(7, 13)]
+
+    from_middle = train(tmp_path, job_id="from_middle", resume_ckpt_path=str(out / "checkpoint_last.pth"), **keys)
+    assert [h["step"] for h in from_middle.history] == [11, 12]
+    assert [h["loss"] for h in from_middle.history] == [losses[11], losses[12]]
+    assert torch.equal(from_middle.model.proj.weight, full.model.proj.weight)
+
+
+def test_accumulation_steps_every_n_iterations(tmp_path):
+    runner = train(tmp_path, max_epoch=1, iters_per_epoch=6, accum_grad_iters=3)
+    assert load_checkpoint(tmp_path / "out" / "job" / "checkpoint_0.pth")["optimizer"]["state"][0]["step"].item() == 2
+    assert len(runner.history) == 6
+    with pytest.raises(ValueError, match=r"multiples of run.accum_grad_iters \(4\)"):
+        train(tmp_path, job_id="bad", max_epoch=1, iters_per_epoch=6, accum_grad_iters=4)
+
+
+def test_gradient_clipping_bounds_the_norm(tmp_path):
+    norms: list[float] = []
+
+    def record(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train(tmp_path, job_id="clipped", max_epoch=1, max_grad_norm=1e-3)
+        clipped, norms[:] = list(norms), []
+        train(tmp_path, job_id="free", max_epoch=1)
+    finally:
+        handle.remove()
+    assert len(clipped) == 6 and max(clipped) <= 1e-3 * (1 + 1e-4)
+    assert min(norms) > 1e-2  # the same run without clipping has much larger gradients
+
+
+@pytest.mark.parametrize(
+    ("overrides", "dtype", "scale"),
+    [
+        ({"amp": True}, torch.float32, 1.0),  # CPU: fp32 unless configured
+        ({"precision": "bf16"}, torch.bfloat16, 1.0),
+        ({"precision": "fp16"}, torch.float16, 2.0**16),  # dynamic scaler (no overflow here)
+        ({"precision": "fp16", "static_loss_scale": 1024.0}, torch.float16, 1024.0),
+    ],
+)
+def test_precision_and_loss_scale(tmp_path, overrides, dtype, scale):
+    runner = train(tmp_path, max_epoch=1, **overrides)
+    assert set(runner.model.dtypes) == {dtype}
+    ckpt = load_checkpoint(tmp_path / "out" / "job" / "checkpoint_0.pth")
+    assert ckpt["scaler"]["scale"] == scale
+    assert runner.history[-1]["loss"] < runner.history[0]["loss"] * 1.5
+
+
+def test_isolated_nonfinite_steps_are_skipped_and_counted(tmp_path):
+    # Batches of 4 without shuffling effects: make every sample of the data poisoned except a few,
+    # so some batches are entirely ignored (NaN loss, zero gradients) and others are not.
+    poison = tuple(i for i in range(32) if i % 8 < 6)
+    runner = train(tmp_path, max_epoch=1, iters_per_epoch=12, dataset=Pairs(poison=poison), max_nonfinite_steps=50)
+    nonfinite = sum(h["nonfinite"] for h in runner.history)
+    assert 0 < nonfinite < 12
+    ckpt = load_checkpoint(tmp_path / "out" / "job" / "checkpoint_0.pth")
+    assert ckpt["optimizer"]["state"][0]["step"].item() == 12 - nonfinite  # skipped steps left no trace
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_consecutive_nonfinite_steps_stop_the_run(tmp_path):
+    runner = make_runner(tmp_path, max_epoch=1, dataset=Pairs(poison=tuple(range(32))), max_nonfinite_steps=3)
+    before = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match=r"3 consecutive iterations had a non-finite loss \(by step 3;"):
+        runner.train()
+    after = runner.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no step reached the weights
+    assert not (tmp_path / "out" / "job" / "checkpoint_0.pth").exists()
+
+
+def test_output_folder_that_cannot_be_written(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    cfg = RunOnly(output_dir=str(tmp_path / "a_file" / "out"))
+    with pytest.raises(PermissionError, match=r"run.output_dir: cannot write to .*a_file/out/job"):
+        setup_output_dir(cfg.run_cfg, "job")
