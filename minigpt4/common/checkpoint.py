@@ -86,11 +86,14 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write to a temporary file beside ``path``, flush it to disk, then rename it over ``path``:
     a run killed while saving leaves the previous checkpoint intact."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
