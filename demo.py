@@ -1,0 +1,40 @@
+"""The MiniGPT-4 web demo.
+
+    python demo.py --cfg-path eval_configs/minigpt4_eval.yaml --gpu-id 0
+    python demo.py --cfg-path eval_configs/minigpt4_tiny_eval.yaml --device cpu
+
+The page is served on http://127.0.0.1:7860 (``--host``/``--port``), reachable only from this
+machine unless ``--host 0.0.0.0`` or ``--share`` (a public gradio link) is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from minigpt4.common.device import resolve_device
+from minigpt4.common.logger import setup_logger
+from minigpt4.conversation.demo_app import build_demo
+from minigpt4.conversation.launch import add_model_arguments, build_chat
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Demo")
+    add_model_arguments(parser, default_device="cuda")
+    parser.add_argument("--gpu-id", type=int, default=0, help="specify the gpu to load the model.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve the page on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve the page on (default: 7860)")
+    parser.add_argument("--share", action="store_true", help="also publish the page through a public gradio link")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logger()
+    device = resolve_device(args.device, local_rank=args.gpu_id)
+    chat = build_chat(args.cfg_path, args.options, device, args.patch_generation)
+    build_demo(chat).queue().launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
+if __name__ == "__main__":
+    main()

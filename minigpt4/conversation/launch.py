@@ -1,0 +1,66 @@
+"""A ``Chat`` from a YAML config, as ``demo.py`` and ``inference.py`` build it.
+
+The model comes from ``model:`` (``registry.get_model_class(arch).from_config``) and the image
+processor from ``datasets.cc_sbu_align.vis_processor.train``, as in the reference's demo (the eval
+configs name ``blip2_image_eval`` there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from types import SimpleNamespace
+
+import torch
+
+from minigpt4.common.config import Config, options_to_dotlist
+from minigpt4.common.registry import registry
+from minigpt4.conversation.conversation import Chat
+
+logger = logging.getLogger(__name__)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_device: str) -> None:
+    """``--cfg-path``, ``--options``, ``--device`` and ``--patch-generation``."""
+    parser.add_argument("--cfg-path", required=True, help="path to configuration file.")
+    parser.add_argument(
+        "--options",
+        nargs="+",
+        help="override some settings in the used config, the key-value pair in xxx=yyy format will be merged "
+        "into config file",
+    )
+    parser.add_argument(
+        "--device",
+        default=default_device,
+        help=f"cuda, npu, cpu or auto, optionally with an index such as cuda:1 (default: {default_device})",
+    )
+    parser.add_argument(
+        "--patch-generation",
+        action="store_true",
+        help="apply transformers_modify, the Ascend port's generation edits (always on with --device npu)",
+    )
+
+
+def build_chat(
+    cfg_path: str, options: Sequence[str] | None, device: torch.device, patch_generation: bool = False
+) -> Chat:
+    """Loads the model and processor named by the config onto ``device``."""
+    import transformers_modify
+
+    if transformers_modify.needed_for(device.type, patch_generation):
+        transformers_modify.apply()
+    dotlist = options_to_dotlist(options)
+    if device.type == "cuda":
+        # The reference put the 8-bit LLM (low_resource) on the demo's GPU.
+        dotlist.append(f"model.device_8bit={device.index or 0}")
+    cfg = Config(SimpleNamespace(cfg_path=cfg_path, options=dotlist))
+    if "cc_sbu_align" not in cfg.datasets_cfg or cfg.datasets_cfg.cc_sbu_align.vis_processor.train is None:
+        raise ValueError(f"{cfg_path}: the image processor is read from datasets.cc_sbu_align.vis_processor.train")
+    logger.info("Initializing Chat")
+    model = registry.get_model_class(cfg.model_cfg.arch).from_config(cfg.model_cfg).to(device).eval()
+    processor_cfg = cfg.datasets_cfg.cc_sbu_align.vis_processor.train
+    vis_processor = registry.get_processor_class(processor_cfg.name).from_config(processor_cfg)
+    chat = Chat(model, vis_processor, device=device)
+    logger.info("Initialization Finished")
+    return chat
