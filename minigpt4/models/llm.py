@@ -97,6 +97,8 @@ def load_llama(folder: Path, dtype: torch.dtype, low_resource: bool, device_8bit
         attn_implementation="sdpa",
         local_files_only=True,
         output_loading_info=True,
+        # reported below, in this project's words, instead of raised by transformers
+        ignore_mismatched_sizes=True,
         **extra,
     )
     problems = []
@@ -105,8 +107,8 @@ def load_llama(folder: Path, dtype: torch.dtype, low_resource: bool, device_8bit
     unexpected = [key for key in info["unexpected_keys"] if not key.endswith("rotary_emb.inv_freq")]
     if unexpected:
         problems.append(f"unexpected: {', '.join(sorted(unexpected))}")
-    if info["mismatched_keys"]:
-        problems.append(f"wrong shape: {', '.join(sorted(str(key) for key in info['mismatched_keys']))}")
+    for key, file_shape, model_shape in sorted(info["mismatched_keys"]):
+        problems.append(f"{key}: the folder has shape {list(file_shape)}, config.json asks for {list(model_shape)}")
     if info["error_msgs"]:
         problems.extend(info["error_msgs"])
     if problems:
