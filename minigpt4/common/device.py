@@ -42,6 +42,16 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
     return device
 
 
+def init_device(device: torch.device) -> None:
+    """Per-process set-up of ``device``: make it the current device; on Ascend, use the pre-built
+    binary kernels instead of compiling operators online (the Ascend port's
+    ``set_compile_mode(jit_compile=False)``; dynamic text lengths would otherwise recompile)."""
+    if device.type != "cpu":
+        torch.get_device_module(device.type).set_device(device)
+    if device.type == "npu":
+        torch.npu.set_compile_mode(jit_compile=False)
+
+
 def dist_backend(device: torch.device) -> str:
     return BACKENDS[device.type]
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from minigpt4.common.device import dist_backend, resolve_device
+from minigpt4.common.device import dist_backend, init_device, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +60,11 @@ def init_distributed_mode(device_name: str, dist_url: str = "env://") -> torch.d
 
     ``device_name`` is ``run.device`` (cuda, npu, cpu, auto); under torchrun the device index is
     ``LOCAL_RANK``, so each process of a node takes its own accelerator."""
-    if not launched_by_torchrun():
-        return resolve_device(device_name)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if launched_by_torchrun() else None
     device = resolve_device(device_name, local_rank)
-    if device.type != "cpu":
-        torch.get_device_module(device.type).set_device(device)
+    init_device(device)
+    if local_rank is None:
+        return device
     if not is_dist_avail_and_initialized():
         backend = dist_backend(device)
         dist.init_process_group(backend=backend, init_method=dist_url)
