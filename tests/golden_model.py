@@ -3,7 +3,8 @@
 ``golden_model_config(golden_dir, **overrides)`` is a ``model:`` config pointing at the golden
 files with the golden architecture; ``build_golden_model(golden_dir, **overrides)`` builds it
 through ``MiniGPT4.from_config`` and the production loaders (fp32, CPU, eval-ready). Overrides
-are ``model:`` keys, e.g. ``prompt_path=..., prompt_template=..., max_txt_len=160, end_sym="###"``.
+are ``model:`` keys, e.g. ``prompt_path=..., prompt_template=..., max_txt_len=160, end_sym="###"``;
+nested ones are merged (``vit_arch={"depth": 3}`` keeps the other golden ViT sizes).
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ def golden_model_config(golden_dir: Path, **overrides: Any) -> DictConfig:
         "vit_precision": "fp32",
         "llm_precision": "fp32",
     }
-    cfg.update(overrides)
-    return OmegaConf.create(cfg)
+    return OmegaConf.merge(cfg, overrides)
 
 
 def build_golden_model(golden_dir: Path, **overrides: Any) -> MiniGPT4:
