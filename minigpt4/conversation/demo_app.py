@@ -183,7 +183,7 @@ def build_demo(
             with gr.Column(scale=2):
                 chat_state = gr.State()
                 img_list = gr.State()
-                chatbot = gr.Chatbot(label="MiniGPT-4", elem_id="chatbot")
+                chatbot = gr.Chatbot(label="MiniGPT-4", elem_id="chatbot", buttons=["copy", "copy_all"])
                 text_input = gr.Textbox(
                     label="User", placeholder=PLACEHOLDER_NO_IMAGE, interactive=False, elem_id="question"
                 )
@@ -199,12 +199,8 @@ def build_demo(
         answering = text_input.submit(
             ask, [text_input, chat_state, img_list], [text_input, chatbot, chat_state, status], api_name="ask"
         ).then(answer, [chat_state, img_list, num_beams, temperature], [chatbot, chat_state, status], api_name="answer")
-        clear.click(
-            reset,
-            None,
-            [chatbot, image, text_input, upload_button, chat_state, img_list, status],
-            queue=False,
-            cancels=[answering],
-            api_name="restart",
-        )
+        restart_outputs = [chatbot, image, text_input, upload_button, chat_state, img_list, status]
+        clear.click(reset, None, restart_outputs, queue=False, cancels=[answering], api_name="restart")
+        # the chat box's own clear button restarts too, so that what it shows and the state agree
+        chatbot.clear(reset, None, restart_outputs, queue=False, cancels=[answering], api_name=False)
     return demo
