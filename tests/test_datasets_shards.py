@@ -246,3 +246,11 @@ def test_builder_needs_an_image_processor(data):
     cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), {"build_info": {"storage": str(data / "laion")}})
     with pytest.raises(ValueError, match=r"datasets.laion.vis_processor.train is not set"):
         build_datasets({"laion": cfg})
+
+
+@pytest.mark.gpu
+def test_batches_are_pinned_for_an_accelerator(data):
+    datasets = build_datasets({"laion": dataset_cfg(str(data / "laion"))})
+    batch = next(build_train_loader(datasets, run_cfg(device="cuda", num_workers=1)))
+    assert batch["image"].is_pinned()
+    assert not next(build_train_loader(datasets, run_cfg()))["image"].is_pinned()

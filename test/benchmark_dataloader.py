@@ -1,0 +1,104 @@
+"""How fast the stage-1 loader turns shards into batches: images/s per worker process for JPEG
+decode + the training transforms at the real size (224), then through DataLoader workers.
+
+    python test/benchmark_dataloader.py                       # on synthetic 256-px shards
+    python test/benchmark_dataloader.py --data /data/laion_dataset --workers 1 4 8 --step-time 0.45
+
+A GPU step of ``--batch-size`` images every ``--step-time`` seconds consumes batch/step_time
+images/s per GPU; the last line says how many workers per GPU keep up with that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run as a script from anywhere: the package and dataset/ live one folder up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from omegaconf import OmegaConf
+
+from dataset.make_synthetic import make_synthetic
+from minigpt4.common.schema import DatasetConfig, RunConfig
+from minigpt4.datasets.builders import build_datasets
+from minigpt4.datasets.datasets.dataloader_utils import build_train_loader
+
+
+def laion(storage: str, image_size: int) -> dict:
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(DatasetConfig),
+        {
+            "build_info": {"storage": storage},
+            "vis_processor": {"train": {"name": "blip2_image_train", "image_size": image_size}},
+            "text_processor": {"train": {"name": "blip_caption"}},
+        },
+    )
+    return build_datasets({"laion": cfg})
+
+
+def per_worker(datasets: dict, samples: int) -> float:
+    """Images/s of one process doing what one worker does (one torch thread, as in a worker)."""
+    stream = iter(datasets["laion"]["train"])
+    for _ in range(50):  # fill the shuffle buffer, open the first shards
+        next(stream)
+    start = time.perf_counter()
+    for _ in range(samples):
+        next(stream)
+    return samples / (time.perf_counter() - start)
+
+
+def through_loader(datasets: dict, workers: int, batch_size: int, batches: int) -> float:
+    run = OmegaConf.merge(
+        OmegaConf.structured(RunConfig), {"device": "cpu", "num_workers": workers, "batch_size_train": batch_size}
+    )
+    loader = build_train_loader(datasets, run)
+    for _ in range(max(2, workers)):  # workers started, first batches ready
+        next(loader)
+    start = time.perf_counter()
+    for _ in itertools.repeat(None, batches):
+        next(loader)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="shards to read (folder, pattern or list); default: synthetic 256-px shards")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--samples", type=int, default=400, help="images timed in the one-process measurement")
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="DataLoader worker counts to time")
+    parser.add_argument("--batch-size", type=int, default=64, help="stage 1 uses 64 per GPU")
+    parser.add_argument("--batches", type=int, default=10, help="batches timed per worker count")
+    parser.add_argument("--step-time", type=float, default=None, help="seconds per GPU training step, if known")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        storage = args.data
+        if storage is None:
+            make_synthetic(Path(scratch), size=256, laion_samples=400, cc_sbu_samples=0, align_samples=0)
+            storage = str(Path(scratch) / "laion")
+        datasets = laion(storage, args.image_size)
+        torch.set_num_threads(1)
+        rate = per_worker(datasets, args.samples)
+        print(
+            f"decode + blip2_image_train({args.image_size}) + blip_caption: {rate:.0f} images/s per worker "
+            f"({1000 / rate:.2f} ms/image), data: {storage}"
+        )
+        for workers in args.workers:
+            total = through_loader(datasets, workers, args.batch_size, args.batches)
+            print(f"DataLoader, {workers} workers, batch {args.batch_size}: {total:.0f} images/s")
+        if args.step_time:
+            need = args.batch_size / args.step_time
+            print(
+                f"a GPU step of {args.batch_size} images every {args.step_time} s needs {need:.0f} images/s: "
+                f"{math.ceil(need / rate)} workers per GPU"
+            )
+
+
+if __name__ == "__main__":
+    main()
