@@ -178,6 +178,12 @@ def test_corrupt_samples_are_skipped_warned_and_counted(tmp_path, caplog):
     assert dataset.for_rank(1, 1).skipped == 0
 
 
+def test_a_stream_of_unreadable_shards_stops(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError, match=r"laion: 100 shard reads failed in a row"):
+        next(iter(stream_of(str(tmp_path / "gone.tar"))))
+    assert "skipped a broken shard or tar entry" in caplog.text and "gone.tar" in caplog.text
+
+
 def test_samples_without_the_expected_keys_fail_naming_shard_sample_and_keys(tmp_path):
     url = write_shard(tmp_path / "00007.tar", [{"key": "000070000", "png": jpeg(), "json": caption("x"), "txt": b"x"}])
     with pytest.raises(ShardFormatError) as info:

@@ -9,7 +9,7 @@ no answer, this one:
 * draws a different, reproducible stream on every rank and worker, seeded from ``run.seed``, the
   rank, the worker id and the dataset name (``for_rank``);
 * skips a corrupt sample (an undecodable image or json, a broken tar member) with a warning and
-  counts it in ``skipped``;
+  counts it in ``skipped``, but stops after ``MAX_BROKEN_IN_A_ROW`` unreadable shards in a row;
 * stops with ``ShardFormatError`` naming the shard, the sample and the keys it has when a sample
   lacks ``jpg``, ``json`` or the json's ``caption``: that is a wrong format, not bad luck.
 """
@@ -40,6 +40,9 @@ META_KEY = "json"
 CAPTION_FIELD = "caption"
 SHUFFLE_BUFFER = 1000
 SHUFFLE_INITIAL = 100
+# Shards that cannot be opened or read, one after the other with no sample in between, before the
+# stream gives up: a wrong ``pipe:`` command or an unmounted bucket must not spin forever.
+MAX_BROKEN_IN_A_ROW = 100
 
 
 class ShardFormatError(ValueError):
@@ -120,6 +123,7 @@ class ImageTextShards(IterableDataset):
         self.seed = seed
         self.rank = rank
         self.skipped = 0
+        self.broken_in_a_row = 0
 
     def for_rank(self, seed: int, rank: int) -> ImageTextShards:
         """A copy that draws the stream of ``rank`` under the run seed ``seed``."""
@@ -142,11 +146,20 @@ class ImageTextShards(IterableDataset):
 
     def _skip_broken_member(self, exn: Exception) -> bool:
         self.skipped += 1
-        logger.warning("%s: skipped a broken tar entry (%s); %d skipped so far here", self.name, exn, self.skipped)
+        self.broken_in_a_row += 1
+        if self.broken_in_a_row >= MAX_BROKEN_IN_A_ROW:
+            raise RuntimeError(
+                f"{self.name}: {self.broken_in_a_row} shard reads failed in a row and none gave a sample; "
+                f"the last: {type(exn).__name__}: {exn}"
+            ) from exn
+        logger.warning(
+            "%s: skipped a broken shard or tar entry (%s); %d skipped so far here", self.name, exn, self.skipped
+        )
         return True
 
     def _to_pairs(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for sample in samples:
+            self.broken_in_a_row = 0
             url, key = sample.get("__url__"), sample.get("__key__")
             missing = [k for k in (IMAGE_KEY, META_KEY) if k not in sample]
             if missing:
