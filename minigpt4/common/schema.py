@@ -133,7 +133,7 @@ class BuildInfo:
 class DatasetConfig:
     """One entry under ``datasets:``; its key is the registered builder name (``laion``, ...)."""
 
-    data_type: str = "images"
+    data_type: str = "images"  # the reference's key; every MiniGPT-4 dataset is images
     # Picks the builder's default YAML (its ``DATASET_CONFIG_DICT``); only ``default`` exists.
     type: str = "default"
     build_info: BuildInfo = field(default_factory=BuildInfo)
