@@ -10,6 +10,7 @@ machine unless ``--host 0.0.0.0`` or ``--share`` (a public gradio link) is given
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 
 from minigpt4.common.device import resolve_device
@@ -31,6 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logger()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own requests to the page
     device = resolve_device(args.device, local_rank=args.gpu_id)
     chat = build_chat(args.cfg_path, args.options, device, args.patch_generation)
     build_demo(chat).queue().launch(server_name=args.host, server_port=args.port, share=args.share)

@@ -30,6 +30,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from minigpt4.common.device import init_device
+
 logger = logging.getLogger(__name__)
 
 IMAGE_PLACEHOLDER = "<ImageHere>"
@@ -317,6 +319,12 @@ class Chat:
         self.tokenizer = model.llama_tokenizer
         self._stops: dict[str, StopOnSequences] = {}
 
+    def _on_device(self) -> None:
+        """Makes the Chat's device this thread's current one. The Ascend port did so in
+        ``upload_img``: gradio callbacks and the streaming generation run in worker threads, and
+        the current NPU is per thread."""
+        init_device(self.device)
+
     def stop_criterion(self, sep: str) -> StopOnSequences:
         """The stop on ``sep`` (every way the tokenizer can spell it), derived once per separator."""
         if sep not in self._stops:
@@ -336,6 +344,7 @@ class Chat:
         """Images (paths, PIL images or processed (3, H, W) tensors) to LLM embeddings (B, Q, H)."""
         if not images:
             raise ValueError("no images to encode")
+        self._on_device()
         pixels = []
         for image in images:
             if isinstance(image, torch.Tensor):
@@ -361,6 +370,7 @@ class Chat:
     def get_context_emb(self, conv: Conversation, img_list: Sequence[torch.Tensor]) -> torch.Tensor:
         """The prompt's text embeddings interleaved with the images: (1, L, H). Only the first text
         segment starts with ``<s>``."""
+        self._on_device()
         segments = conv.get_prompt().split(IMAGE_PLACEHOLDER)
         if len(segments) != len(img_list) + 1:
             raise ValueError(
@@ -420,6 +430,7 @@ class Chat:
         streamer: BaseStreamer | None = None,
     ) -> torch.Tensor:
         """New token ids (B, T) for left-padded context embeddings (B, L, H)."""
+        self._on_device()
         return self.model.llama_model.generate(
             inputs_embeds=embs,
             attention_mask=attention_mask,

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import torch
 
 from minigpt4.common.config import Config, options_to_dotlist
+from minigpt4.common.device import init_device
 from minigpt4.common.registry import registry
 from minigpt4.conversation.conversation import Chat
 
@@ -48,6 +49,7 @@ def build_chat(
     """Loads the model and processor named by the config onto ``device``."""
     import transformers_modify
 
+    init_device(device)
     if transformers_modify.needed_for(device.type, patch_generation):
         transformers_modify.apply()
     dotlist = options_to_dotlist(options)
