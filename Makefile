@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCHVISION_SPEC ?= torchvision==0.28.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format browser-deps clean-venv
+.PHONY: install test lint format browser-deps clean-venv tiny-assets quickstart
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The embedded tiny default: tiny weights in the real formats and synthetic data under assets/tiny/
+# (made only where missing), then both training stages and a chat on a CPU (tools/quickstart.py).
+tiny-assets: install
+	$(PY) tools/quickstart.py --assets-only
+
+quickstart: install
+	$(PY) tools/quickstart.py
 
 # Debian's Chromium for the browser test of the demo (needs root; CI runs it).
 browser-deps:

@@ -154,7 +154,7 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
         model, frozen + [name for name, _ in model.named_buffers()]
     )
     device_ids = None if device.type == "cpu" else [device.index]
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def move_to_device(samples: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -1,0 +1,119 @@
+"""train.py end to end on the embedded tiny default: in-process runs (learning on a fixed batch,
+checkpoint contents, exact resume through the real data loaders, fail-fast errors) and one run
+as a plain ``python train.py`` process."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_assets import REPO_ROOT, STAGE1_TINY, STAGE2_TINY, tiny_path_options, tiny_root
+
+import train
+from minigpt4.common.checkpoint import load_checkpoint, trainable_state_dict
+
+
+def argv(config: Path, *options: str) -> list[str]:
+    return ["--cfg-path", str(config), "--options", "run.device=cpu", *options]
+
+
+@pytest.fixture
+def in_tiny_root(monkeypatch):
+    """Run with the tiny assets' folder as the working directory, as from a checkout."""
+    root = tiny_root()
+    monkeypatch.chdir(root)
+    return root
+
+
+def fixed_batch_folder(tmp_path: Path) -> Path:
+    """A cc_sbu_align folder of exactly 4 described images: with batch 4 every batch is the same."""
+    sizes = ["--laion-samples", "4", "--cc-sbu-samples", "4", "--align-samples", "4"]
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "dataset" / "make_synthetic.py"), "--out", str(tmp_path / "data"), *sizes],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return tmp_path / "data" / "cc_sbu_align"
+
+
+def test_loss_falls_on_a_fixed_batch_and_the_checkpoint_holds_the_trainable_keys(in_tiny_root, tmp_path):
+    folder = fixed_batch_folder(tmp_path)
+    runner = train.main(
+        argv(
+            STAGE2_TINY,
+            f"datasets.cc_sbu_align.build_info.storage={folder}",
+            "datasets.cc_sbu_align.vis_processor.train.name=blip2_image_eval",  # no random crop
+            "model.max_txt_len=16",  # the first tokens: the ones the image prefix can inform most
+            *("run.num_workers=0", "run.max_epoch=1", "run.iters_per_epoch=30", "run.init_lr=3e-2"),
+            *("run.warmup_steps=0", "run.log_freq=1", f"run.output_dir={tmp_path / 'out'}"),
+        )
+    )
+    losses = [h["loss"] for h in runner.history]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.4, losses
+    ckpt = load_checkpoint(runner.output_dir / "checkpoint_0.pth")
+    assert sorted(ckpt["model"]) == sorted(trainable_state_dict(runner.model))
+    assert sorted(ckpt["model"]) == ["llama_proj.bias", "llama_proj.weight"]
+    assert torch.equal(ckpt["model"]["llama_proj.weight"], runner.model.llama_proj.weight.detach())
+    assert ckpt["config"]["run"]["iters_per_epoch"] == 30 and ckpt["config"]["model"]["end_sym"] == "###"
+    assert runner.output_dir.parent == tmp_path / "out"  # relative to the working directory, not the package
+
+
+def test_resume_through_the_real_loaders_reproduces_the_losses(in_tiny_root, tmp_path):
+    # Stage 1: webdataset shards mixed 115:14, random crops drawn in a loader worker.
+    options = ["run.num_workers=1", "run.max_epoch=2", "run.iters_per_epoch=4", "run.batch_size_train=4"]
+    options += ["run.log_freq=1", "run.checkpoint_interval=2", "run.warmup_steps=2"]
+    options += [f"run.output_dir={tmp_path / 'out'}"]
+    full = train.main(argv(STAGE1_TINY, *options))
+    losses = {h["step"]: h["loss"] for h in full.history}
+    assert len(losses) == 8
+    last = load_checkpoint(full.output_dir / "checkpoint_last.pth")
+    assert (last["epoch"], last["iters"]) == (1, 2)
+    for checkpoint, steps in (("checkpoint_0.pth", [5, 6, 7, 8]), ("checkpoint_last.pth", [7, 8])):
+        resumed = train.main(argv(STAGE1_TINY, *options, f"run.resume_ckpt_path={full.output_dir / checkpoint}"))
+        assert [h["step"] for h in resumed.history] == steps
+        assert [h["loss"] for h in resumed.history] == [losses[s] for s in steps], checkpoint
+        assert torch.equal(resumed.model.llama_proj.weight, full.model.llama_proj.weight)
+
+
+def test_missing_inputs_fail_before_anything_loads(in_tiny_root, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    with pytest.raises(FileNotFoundError, match=r"model.vit_weights: weight file 'nowhere/eva.pth' does not exist"):
+        train.main(argv(STAGE1_TINY, "model.vit_weights=nowhere/eva.pth", f"run.output_dir={tmp_path}"))
+    with pytest.raises(FileNotFoundError, match=r"model.llama_model: 'no_llm' is not a Vicuna/LLaMA folder"):
+        train.main(argv(STAGE1_TINY, "model.llama_model=no_llm", f"run.output_dir={tmp_path}"))
+    with pytest.raises(FileNotFoundError, match=r"run.resume_ckpt_path: checkpoint 'gone.pth' does not exist"):
+        train.main(argv(STAGE1_TINY, "run.resume_ckpt_path=gone.pth", f"run.output_dir={tmp_path}"))
+    with pytest.raises(FileNotFoundError, match=r"datasets.laion: none of the 2 shards .*nowhere/00000.tar"):
+        storage = "datasets.laion.build_info.storage=nowhere/{00000..00001}.tar"
+        train.main(argv(STAGE1_TINY, storage, f"run.output_dir={tmp_path}"))
+    assert not any("Loading VIT" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unwritable_output_folder_fails_first(in_tiny_root, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PermissionError, match=r"run.output_dir: cannot write to .*file/out/\d{14}"):
+        # The missing weight file is checked later: the folder fails first.
+        train.main(argv(STAGE1_TINY, f"run.output_dir={tmp_path / 'file' / 'out'}", "model.vit_weights=nowhere.pth"))
+
+
+@pytest.mark.slow
+def test_plain_python_process(tmp_path):
+    """One process without torchrun, although the tiny config says ``distributed: True``."""
+    options = [*tiny_path_options(tiny_root(), ("laion", "cc_sbu")), "run.device=cpu", "run.max_epoch=1"]
+    options += ["run.iters_per_epoch=3", "run.log_freq=1", f"run.output_dir={tmp_path / 'out'}"]
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), "--cfg-path", str(STAGE1_TINY), "--options", *options],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train: step=3/3 " in result.stderr
+    (job,) = (tmp_path / "out").iterdir()
+    assert sorted(p.name for p in job.iterdir()) == ["checkpoint_0.pth", "log.txt"]
