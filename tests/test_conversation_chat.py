@@ -122,6 +122,8 @@ def test_context_limit_is_capped_by_the_llm_positions(chat):
     assert chat.model.llama_model.config.max_position_embeddings == 512
     assert chat.context_limit(Decoding()) == 512 - 300
     assert chat.context_limit(Decoding(max_length=400, max_new_tokens=100)) == 300
+    with pytest.raises(ValueError, match="no room for the context"):
+        chat.context_limit(Decoding(max_new_tokens=600, max_length=2000))
 
 
 def test_stream_ends_with_the_answer(chat, golden_dir):

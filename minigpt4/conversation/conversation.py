@@ -391,7 +391,13 @@ class Chat:
         """How many context positions fit: ``max_length`` (capped at the LLM's position table) minus
         the room kept for the answer."""
         positions = getattr(self.model.llama_model.config, "max_position_embeddings", None) or decoding.max_length
-        return min(decoding.max_length, positions) - decoding.max_new_tokens
+        limit = min(decoding.max_length, positions) - decoding.max_new_tokens
+        if limit < 1:
+            raise ValueError(
+                f"max_new_tokens={decoding.max_new_tokens} leaves no room for the context in the LLM's "
+                f"{positions} positions"
+            )
+        return limit
 
     def overflow(self, conv: Conversation, img_list: Sequence[torch.Tensor], **decoding: Any) -> int:
         """How many of the oldest context positions ``answer`` will drop for this conversation."""
