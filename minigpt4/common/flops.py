@@ -9,15 +9,24 @@ Per training sample of MiniGPT-4 with a frozen LLM:
 * Q-Former, forward only: ``2 * P_qf * Q`` for its ``Q`` query tokens, where ``P_qf`` excludes the
   cross-attention key/value projections, which apply to all ``T_v`` vision tokens and add
   ``2 * P_kv * T_v`` (the Q-Former is about 3% of the ViT);
+* projection (``llama_proj``, trainable): forward plus weight gradient, ``4 * P_proj * Q`` per image
+  (no input gradient: the Q-Former below it is frozen); about 0.1% of the ViT;
 * LLM: ``4 * N`` per token, with ``N`` the weights of its matrix multiplies including the output
   head (the input embedding is a lookup). A frozen LLM still runs its backward pass through the
   activations, so that gradients reach the image tokens, but computes no weight gradients:
   forward ``2N`` plus backward ``2N``. A trainable LLM would add ``2N`` for weight gradients. The
-  causal attention products add ``4 * 2 * L * T * D`` per sequence of T tokens (half the square, times
-  forward and backward), included for completeness.
+  attention products (scores and weighted sum, no weights) add ``12 * L * T * D`` per token in
+  sequences of ``T`` tokens: ``4 * T * D`` forward per layer and twice that backward, since the
+  gradient must reach the queries, keys and values. This counts the full ``T x T`` square, as
+  PaLM's ``6N + 12 L D T`` convention does (a masked kernel computes it; a causal kernel
+  could skip half); it is 0.4% of the total at ``T = 65`` and 1.3% at ``T = 215`` for 7B.
 
-MFU is the model FLOPs of the tokens the device processed (padded tokens included: the hardware
-computes them) per second, divided by the device's peak dense bf16/fp16 throughput.
+The vision side (ViT, Q-Former) is assumed frozen, as in both MiniGPT-4 stages.
+
+These are model FLOPs: work that a kernel repeats (a flash-attention backward recomputing the
+scores, activation checkpointing) is not counted. MFU is the model FLOPs of the tokens the device
+processed (padded tokens included: the hardware computes them) per second, divided by the
+device's peak dense bf16/fp16 throughput.
 """
 
 from __future__ import annotations
@@ -59,18 +68,20 @@ class FlopModel:
     llm_matmul_params: int
     llm_layers: int
     llm_hidden: int
+    projection_params: int = 0
     llm_trainable: bool = False
 
     def vision_flops_per_image(self) -> float:
         t = self.vit_tokens
         vit = 2 * self.vit_matmul_params * t + 4 * self.vit_depth * t * t * self.vit_width
         qformer = 2 * self.qformer_matmul_params * self.num_query_token + 2 * self.qformer_cross_kv_params * t
-        return float(vit + qformer)
+        projection = 4 * self.projection_params * self.num_query_token
+        return float(vit + qformer + projection)
 
     def llm_flops(self, tokens: int, seq_len: int) -> float:
         """FLOPs of forward + backward for ``tokens`` LLM tokens in sequences of ``seq_len``."""
         per_token = (6 if self.llm_trainable else 4) * self.llm_matmul_params
-        attention = 4 * 2 * self.llm_layers * seq_len * self.llm_hidden
+        attention = 12 * self.llm_layers * seq_len * self.llm_hidden
         return float(tokens * (per_token + attention))
 
     def step_flops(self, images: int, tokens: int, seq_len: int) -> float:
@@ -80,3 +91,32 @@ class FlopModel:
 def linear_weight_params(module: nn.Module) -> int:
     """Weights of every ``nn.Linear`` and ``nn.Conv2d`` under ``module`` (works on the meta device)."""
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+
+
+def _is_cross_attention_kv(name: str) -> bool:
+    return ".crossattention." in name and name.rsplit(".", 1)[-1] in ("key", "value")
+
+
+def minigpt4_flop_model(model: nn.Module) -> FlopModel:
+    """The :class:`FlopModel` of a built MiniGPT-4 (``visual_encoder``, ``Qformer``, ``query_tokens``,
+    ``llama_proj``, ``llama_model``), counted from its modules; works on the meta device."""
+    vit, qformer, llm = model.visual_encoder, model.Qformer, model.llama_model
+    cross_kv = sum(
+        m.weight.numel()
+        for name, m in qformer.named_modules()
+        if isinstance(m, nn.Linear) and _is_cross_attention_kv(name)
+    )
+    return FlopModel(
+        vit_matmul_params=linear_weight_params(vit),
+        vit_depth=len(vit.blocks),
+        vit_width=vit.embed_dim,
+        vit_tokens=vit.patch_embed.num_patches + vit.num_prefix_tokens,
+        qformer_matmul_params=linear_weight_params(qformer) - cross_kv,
+        qformer_cross_kv_params=cross_kv,
+        num_query_token=model.query_tokens.shape[1],
+        llm_matmul_params=linear_weight_params(llm),
+        llm_layers=llm.config.num_hidden_layers,
+        llm_hidden=llm.config.hidden_size,
+        projection_params=linear_weight_params(model.llama_proj),
+        llm_trainable=any(p.requires_grad for p in llm.parameters()),
+    )

@@ -1,0 +1,153 @@
+"""test/benchmark.py: its CLI on the tiny architecture on the CPU (both stages, figures consistent
+with each other), its data pool, and the full-size 7B/13B architectures it builds (on the meta
+device: shapes and FLOP-model counts, no memory)."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minigpt4.common.flops import FlopModel
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "test" / "benchmark.py"
+
+
+def load_benchmark():
+    # ``test`` is also the name of Python's own test package: load the script by its path.
+    spec = importlib.util.spec_from_file_location("minigpt4_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_benchmark()
+
+# ViT-g/14: 39 blocks of qkv (3 d^2), proj (d^2), fc1 and fc2 (d x 6144 each), plus the patch conv.
+VIT_G_MATMUL = 39 * (4 * 1408**2 + 2 * 1408 * 6144) + 1408 * 3 * 14 * 14
+# LLaMA: layers x (4 d^2 + 3 d ff) + the output head (vocab x d); the input embedding is a lookup.
+LLAMA_7B_MATMUL = 32 * (4 * 4096**2 + 3 * 4096 * 11008) + 32000 * 4096
+LLAMA_13B_MATMUL = 40 * (4 * 5120**2 + 3 * 5120 * 13824) + 32000 * 5120
+
+
+@pytest.fixture
+def one_thread():
+    """The benchmark's ``--threads 1`` changes the process's torch threads; put them back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_tiny(tmp_path: Path, stage: int, *extra: str) -> tuple[dict, dict]:
+    out = tmp_path / f"stage{stage}.json"
+    argv = ["--size", "tiny", "--stage", str(stage), "--device", "cpu", "--steps", "2", "--warmup", "1"]
+    result = bench.main([*argv, "--threads", "1", "--json", str(out), *extra])
+    return result, json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_tiny_cpu_run_reports_consistent_figures(tmp_path, capsys, one_thread, stage):
+    result, written = run_tiny(tmp_path, stage)
+    assert written == json.loads(json.dumps(result))
+    r = written
+    batch = {1: 64, 2: 12}[stage]  # the stage YAML's batch_size_train
+    assert (r["size"], r["stage"], r["device"], r["dtype"], r["batch_size"]) == ("tiny", stage, "cpu", "fp32", batch)
+    assert len(r["step_times"]) == r["steps"] == 2
+    assert r["median_step_time"] == statistics.median(r["step_times"]) > 0
+    median = r["median_step_time"]
+    assert r["samples_per_sec"] == pytest.approx(batch / median)
+    assert r["TokensPerSec"] == pytest.approx(r["tokens_per_step"] / median)
+    assert r["TokensPerSec_padded"] == pytest.approx(r["padded_tokens_per_step"] / median)
+    assert r["padded_tokens_per_step"] == batch * statistics.fmean(r["padded_seq_lens"])
+    assert 0 < r["TokensPerSec"] <= r["TokensPerSec_padded"]
+
+    # LLM input tokens per sample: BOS + (prompt) + 8 image queries + text + end_sym.
+    real = r["tokens_per_step"] / batch
+    longest = max(r["padded_seq_lens"])
+    if stage == 1:  # 8-20 words, one piece each nearly always, "\n", no prompt, max_txt_len 32
+        assert 1 + 8 + 9 <= real <= longest <= 1 + 8 + 32
+    else:  # 60-150 words plus full stops, "###", the conversation prompt; max_txt_len 160
+        assert 1 + 8 + 60 < real <= longest <= 1 + 8 + 160 + 40
+
+    # MFU: unknown peak on a CPU, so absent; FLOPs per step from the FLOP model and the padded lengths.
+    assert r["peak_tflops"] is None and r["mfu"] is None
+    model = FlopModel(**r["flop_model"])
+    expected = statistics.fmean(model.step_flops(batch, batch * n, n) for n in r["padded_seq_lens"])
+    assert r["flops_per_step"] == pytest.approx(expected)
+    assert r["achieved_tflops"] == pytest.approx(expected / median / 1e12)
+
+    assert r["loss"] == pytest.approx(6.9, abs=0.5)  # random tiny LLM over ~1000 pieces: about ln(1000)
+    assert r["nonfinite_steps"] == 0
+    assert r["peak_mem_MiB"] > 0 and r["data_images_per_sec"] > 0
+    assert r["device_name"] and {"python", "torch", "transformers", "timm"} <= set(r["versions"])
+    assert datetime.datetime.fromisoformat(r["date"]).tzinfo is not None
+
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith(f"benchmark: size=tiny stage={stage} batch={batch} dtype=fp32 ")
+    assert f"TokensPerSec={r['TokensPerSec']:.1f} " in line and "mfu=n/a" in line
+
+
+def test_peak_given_by_hand_gives_mfu(tmp_path, one_thread):
+    r, _ = run_tiny(tmp_path, 1, "--peak-tflops", "0.5", "--batch-size", "4")
+    assert r["batch_size"] == 4 and r["peak_tflops"] == 0.5
+    assert r["mfu"] == pytest.approx(r["flops_per_step"] / r["median_step_time"] / 0.5e12)
+
+
+def test_pool_holds_processed_photos_and_stage_captions():
+    pool, images_per_sec = bench.make_pool(1, 56, 6, batches=2, pin=False, seed=0)
+    assert len(pool) == 2 and images_per_sec > 0
+    for batch in pool:
+        assert batch["image"].shape == (6, 3, 56, 56) and batch["image"].dtype == torch.float32
+        # CLIP-normalised: values beyond [0, 1] on both sides
+        assert batch["image"].min() < 0 and batch["image"].max() > 1
+        for caption in batch["text_input"]:  # through blip_caption: lower case, no full stops
+            assert 8 <= len(caption.split()) <= 20 and caption == caption.lower() and "." not in caption
+    assert pool[0]["text_input"] != pool[1]["text_input"]
+    assert not torch.equal(pool[0]["image"], pool[1]["image"])
+
+    (batch,), _ = bench.make_pool(2, 56, 3, batches=1, pin=False, seed=0)
+    for description in batch["text_input"]:  # raw, as cc_sbu_align gives them
+        assert 60 <= len(description.split()) <= 150 and description[0].isupper() and description.endswith(".")
+
+
+def build_meta(tmp_path_factory, size: str):
+    model_cfg, _ = bench.stage_config(1, "cpu", "auto")
+    tokenizer = bench.make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    return bench.build_model(size, model_cfg, tokenizer, torch.device("meta"), torch.bfloat16)
+
+
+def test_full_size_7b_builds_on_meta_with_the_documented_flop_counts(tmp_path_factory):
+    model = build_meta(tmp_path_factory, "7b")
+    fm = bench.minigpt4_flop_model(model)
+    assert fm.vit_matmul_params == VIT_G_MATMUL == 984_850_944  # ~0.98B, as the FLOP table says
+    assert fm.llm_matmul_params == LLAMA_7B_MATMUL == 6_607_077_376
+    assert (fm.vit_depth, fm.vit_width, fm.vit_tokens, fm.num_query_token) == (39, 1408, 257, 32)
+    assert (fm.llm_layers, fm.llm_hidden, fm.llm_trainable) == (32, 4096, False)
+    assert fm.projection_params == 768 * 4096
+    # Q-Former: 12 layers of self-attention (4 x 768^2) and query FFN (2 x 768 x 3072), and on every
+    # second layer cross-attention, whose key/value read the 1408-wide vision tokens.
+    assert fm.qformer_cross_kv_params == 6 * 2 * 768 * 1408
+    assert fm.qformer_matmul_params == 12 * (4 * 768**2 + 2 * 768 * 3072) + 6 * 2 * 768**2
+    # The documented per-sample cost: ViT-g 0.52 TFLOP, Q-Former ~3% of it, stage 1 at T = 65 2.26 TFLOP.
+    assert fm.vision_flops_per_image() == pytest.approx(0.52e12 * 1.03, rel=0.02)
+    assert fm.step_flops(images=1, tokens=65, seq_len=65) == pytest.approx(2.26e12, rel=0.01)
+
+    assert model.llama_model.config.vocab_size == 32000
+    assert model.llama_model.dtype == torch.bfloat16
+    assert model.visual_encoder.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == {"llama_proj.weight", "llama_proj.bias"}
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+
+def test_full_size_13b_llm_shape(tmp_path_factory):
+    fm = bench.minigpt4_flop_model(build_meta(tmp_path_factory, "13b"))
+    assert fm.llm_matmul_params == LLAMA_13B_MATMUL == 12_851_609_600
+    assert (fm.llm_layers, fm.llm_hidden, fm.projection_params) == (40, 5120, 768 * 5120)
+    assert fm.vit_matmul_params == VIT_G_MATMUL
