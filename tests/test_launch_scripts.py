@@ -1,0 +1,90 @@
+"""The launch scripts in test/: they parse, they stop on the first error, and on a CPU with the
+tiny configs they run a few iterations, write a log file and end with the summary line."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from tiny_assets import REPO_ROOT, STAGE1_TINY, STAGE2_TINY, tiny_path_options, tiny_root
+
+SCRIPTS = REPO_ROOT / "test"
+LAUNCHERS = ("pretrain_gpt_4p.sh", "finetune_gpt_1p.sh")
+SUMMARY = re.compile(
+    r"^summary: TokensPerSec=(\d+\.\d) samples/s=(\d+\.\d\d) step_time=(\d+\.\d{4}) loss=\S+ step=(\d+)/(\d+) "
+    r"wall=\d+s log=(\S+)$"
+)
+
+
+@pytest.mark.parametrize("name", [*LAUNCHERS, "launch_train.sh", "env_npu.sh"])
+def test_scripts_parse_with_lf_line_endings(name):
+    path = SCRIPTS / name
+    assert b"\r" not in path.read_bytes()  # the Ascend port's scripts had CRLF endings
+    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    if name in LAUNCHERS:
+        assert os.access(path, os.X_OK) and "set -euo pipefail" in path.read_text()
+
+
+def launch(script: str, tmp_path: Path, config: Path, options: str, *args: str) -> subprocess.CompletedProcess:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "GPUS_PER_NODE": "1",
+        "MASTER_PORT": str(port),
+        "CONFIG": str(config),
+        "OPTIONS": options,
+        "LOG_DIR": str(tmp_path / "logs"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    return subprocess.run(["bash", str(SCRIPTS / script), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_pretrain_then_finetune_on_cpu(tmp_path):
+    root = tiny_root()
+    pretrain = launch(
+        "pretrain_gpt_4p.sh",
+        tmp_path,
+        STAGE1_TINY,
+        "run.max_epoch=1 run.iters_per_epoch=3 run.batch_size_train=4",
+        *tiny_path_options(root, ("laion", "cc_sbu")),
+        "run.log_freq=1",  # arguments pass through as options
+        f"run.output_dir={tmp_path / 'stage1'}",
+    )
+    assert pretrain.returncode == 0, pretrain.stdout[-4000:]
+    summary = SUMMARY.match(pretrain.stdout.splitlines()[-1])
+    assert summary, pretrain.stdout[-2000:]
+    assert float(summary[1]) > 0 and float(summary[2]) > 0 and float(summary[3]) > 0
+    assert summary.group(4, 5) == ("3", "3")
+    log = Path(summary[6]).read_text()
+    assert log.count("train: step=") == 3 and log.startswith("launch: ") and log.endswith(summary[0] + "\n")
+    (stage1_job,) = (tmp_path / "stage1").iterdir()
+
+    finetune = launch(
+        "finetune_gpt_1p.sh",
+        tmp_path,
+        STAGE2_TINY,
+        "run.max_epoch=1 run.iters_per_epoch=2 run.batch_size_train=2 run.num_workers=0",
+        *tiny_path_options(root, ("cc_sbu_align",)),
+        f"model.ckpt={stage1_job / 'checkpoint_0.pth'}",
+        f"run.output_dir={tmp_path / 'stage2'}",
+    )
+    assert finetune.returncode == 0, finetune.stdout[-4000:]
+    assert "Load BLIP2-LLM Checkpoint" in finetune.stdout
+    assert SUMMARY.match(finetune.stdout.splitlines()[-1]), finetune.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_the_first_error_stops_the_script(tmp_path):
+    result = launch("finetune_gpt_1p.sh", tmp_path, STAGE2_TINY, "", "run.no_such_key=1")
+    assert result.returncode != 0
+    assert "unknown key 'run.no_such_key'" in result.stdout
+    assert "summary:" not in result.stdout
