@@ -265,3 +265,10 @@ def test_output_folder_that_cannot_be_written(tmp_path):
     cfg = RunOnly(output_dir=str(tmp_path / "a_file" / "out"))
     with pytest.raises(PermissionError, match=r"run.output_dir: cannot write to .*a_file/out/job"):
         setup_output_dir(cfg.run_cfg, "job")
+
+
+def test_evaluation_keys_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"image_text_pretrain task has no evaluation"):
+        train(tmp_path, evaluate=True)
+    with pytest.raises(ValueError, match=r"image_text_pretrain task has no evaluation"):
+        train(tmp_path, valid_splits=["val"])

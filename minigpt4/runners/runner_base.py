@@ -192,6 +192,11 @@ class RunnerBase:
         """Run the training; returns ``history``, the figures of every log line."""
         run = self.config.run_cfg
         start_time = time.time()
+        if run.evaluate or run.valid_splits or run.test_splits:
+            raise ValueError(
+                "run.evaluate, run.valid_splits, run.test_splits: the image_text_pretrain task has no evaluation "
+                "(the reference's did nothing); set evaluate: False and leave the valid and test splits empty"
+            )
 
         # --- set-up, in order: device, model, optimizer, scaler, schedule, resume, outputs ---
         device = init_distributed_mode(run.device, run.dist_url)
@@ -331,8 +336,9 @@ class RunnerBase:
                     checkpoint("checkpoint_last.pth", epoch, i + 1, lr)
                     loader = self.train_loader(step)
 
+            epoch_stats = metrics.end_epoch()
             if is_main_process():
-                log_epoch(self.output_dir, {"epoch": epoch, **metrics.end_epoch()})
+                log_epoch(self.output_dir, {"epoch": epoch, **epoch_stats})
             checkpoint(f"checkpoint_{epoch}.pth", epoch, iters_per_epoch, lr)
             barrier()
 
