@@ -38,6 +38,9 @@ and written to ``--json``:
 * peak device memory (on a CPU, the process's peak resident memory), the device name, dtype,
   library versions and the date.
 
+``--compile`` compiles each ViT block and LLM decoder layer with ``torch.compile`` (regional
+compilation: quick to compile, one graph per layer kind), to measure whether it pays.
+
 One process, one device: these are per-device figures (DDP only all-reduces the 3M-parameter
 projection's gradient, so several devices scale them by their number).
 """
@@ -301,6 +304,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak dense TFLOP/s, for MFU (else by name)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each ViT block and LLM decoder layer (give it --warmup 5: shapes vary at first)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -315,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, local_rank=0)  # the first visible device (CUDA_VISIBLE_DEVICES picks)
     init_device(device)
     model_cfg, run_cfg = stage_config(args.stage, args.device, args.dtype)
     dtype = resolve_precision(run_cfg, device)
@@ -327,6 +335,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = make_tokenizer(Path(folder))
     model = build_model(args.size, model_cfg, tokenizer, device, dtype)
+    if args.compile:
+        for layer in (*model.visual_encoder.blocks, *model.llama_model.model.layers):
+            layer.compile()
     build_seconds = time.perf_counter() - start
     logger.info("built %s on %s in %.1f s", args.size, device, build_seconds)
     flop_model = minigpt4_flop_model(model)
@@ -386,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": str(device),
         "device_name": device_name(device),
         "dtype": DTYPE_NAMES[dtype or torch.float32],
+        "compile": args.compile,
         "batch_size": batch_size,
         "warmup": args.warmup,
         "steps": args.steps,
@@ -425,8 +437,8 @@ def summary(r: dict[str, Any]) -> str:
     )
     batch = r["batch_size"]
     return (
-        f"MiniGPT-4 training step: size={r['size']} stage={r['stage']} batch={r['batch_size']} dtype={r['dtype']} "
-        f"on {r['device_name']}\n"
+        f"MiniGPT-4 training step: size={r['size']} stage={r['stage']} batch={r['batch_size']} dtype={r['dtype']}"
+        f"{' compiled' if r['compile'] else ''} on {r['device_name']}\n"
         f"  median step time  {r['median_step_time']:.4f} s ({r['steps']} timed steps after {r['warmup']} warm-up)\n"
         f"  samples/s         {r['samples_per_sec']:.2f}\n"
         f"  TokensPerSec      {r['TokensPerSec']:.1f} real, {r['TokensPerSec_padded']:.1f} padded "
