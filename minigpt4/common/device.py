@@ -45,8 +45,12 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
 def init_device(device: torch.device) -> None:
     """Per-process set-up of ``device``: make it the current device; on Ascend, use the pre-built
     binary kernels instead of compiling operators online (the Ascend port's
-    ``set_compile_mode(jit_compile=False)``; dynamic text lengths would otherwise recompile)."""
-    if device.type != "cpu":
+    ``set_compile_mode(jit_compile=False)``; dynamic text lengths would otherwise recompile). On
+    CPU, subnormal numbers are flushed to zero: vanishing attention probabilities and their
+    gradients made a tiny-model training step 25 times slower, for contributions below 1e-38."""
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    else:
         torch.get_device_module(device.type).set_device(device)
     if device.type == "npu":
         torch.npu.set_compile_mode(jit_compile=False)
