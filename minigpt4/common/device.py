@@ -50,7 +50,7 @@ def init_device(device: torch.device) -> None:
     gradients made a tiny-model training step 25 times slower, for contributions below 1e-38."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)
-    else:
+    elif device.index is not None:  # a bare "cuda"/"npu" keeps the current device
         torch.get_device_module(device.type).set_device(device)
     if device.type == "npu":
         torch.npu.set_compile_mode(jit_compile=False)

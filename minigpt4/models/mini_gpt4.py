@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from minigpt4.common.device import autocast, parse_dtype, resolve_device
+from minigpt4.common.device import autocast, autocast_dtype, parse_dtype, resolve_device
 from minigpt4.common.registry import UnknownNameError, registry
 from minigpt4.common.schema import ModelConfig
 from minigpt4.models.eva_vit import FP32LayerNorm, build_eva_vit, load_eva_vit
@@ -74,10 +74,10 @@ def _precision(value: str, key: str) -> torch.dtype:
 
 
 def llm_dtype(cfg: DictConfig) -> torch.dtype:
-    """``llm_precision`` as a dtype; ``auto`` is fp16 (the reference) where an accelerator is
-    present and fp32 on a CPU-only machine."""
+    """``llm_precision`` as a dtype; ``auto`` is the accelerator's mixed-precision dtype (bf16
+    where supported, else fp16 as the reference) and fp32 on a CPU-only machine."""
     if cfg.llm_precision == "auto":
-        return torch.float16 if resolve_device("auto").type != "cpu" else torch.float32
+        return autocast_dtype(resolve_device("auto")) or torch.float32
     return _precision(cfg.llm_precision, "llm_precision")
 
 
@@ -156,6 +156,7 @@ class MiniGPT4(nn.Module):
         self.max_txt_len = cfg.max_txt_len
         self.end_sym = cfg.end_sym
         self.prompt_list = prompt_list
+        self._prompt_ids: dict[tuple[str, torch.device], torch.Tensor] = {}
 
         self.visual_encoder.requires_grad_(not self.freeze_vit)
         self.ln_vision.requires_grad_(not self.freeze_vit)
@@ -245,17 +246,25 @@ class MiniGPT4(nn.Module):
             amp_dtype = torch.float32
         with autocast(image.device, amp_dtype), _grad(not self.freeze_vit):
             image_embeds = self.ln_vision(self.visual_encoder.forward_features(image)).to(device)  # (B, 1+N, W)
-        with autocast(device, amp_dtype):
-            with _grad(not (self.freeze_vit and self.freeze_qformer)):
-                query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)  # (B, Q, D)
-                query_output = self.Qformer(query_embeds=query_tokens, encoder_hidden_states=image_embeds)
+        with autocast(device, amp_dtype), _grad(not (self.freeze_vit and self.freeze_qformer)):
+            query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)  # (B, Q, D)
+            query_output = self.Qformer(query_embeds=query_tokens, encoder_hidden_states=image_embeds)
+        # The projection feeds the LLM, so it runs (and receives its gradient) in the LLM's precision.
+        with autocast(device, self.llm_dtype):
             inputs_llama = self.llama_proj(query_output.last_hidden_state)  # (B, Q, H)
         atts_llama = torch.ones(inputs_llama.shape[:-1], dtype=torch.long, device=device)
         return inputs_llama, atts_llama
 
     def _tokenize(self, text: str, device: torch.device) -> torch.Tensor:
-        """One text piece -> ids (1, T), without BOS/EOS."""
-        return self.llama_tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+        """One text piece -> ids (1, T), without BOS/EOS. The pieces of the training prompts are
+        tokenized once per device, not at every step."""
+        key = (text, device)
+        ids = self._prompt_ids.get(key)
+        if ids is None:
+            ids = self.llama_tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+            if any(text in prompt for prompt in self.prompt_list):
+                self._prompt_ids[key] = ids
+        return ids
 
     def prompt_wrap(
         self, img_embeds: torch.Tensor, atts_img: torch.Tensor, prompt: str
@@ -291,7 +300,7 @@ class MiniGPT4(nn.Module):
             truncation=True,
             max_length=self.max_txt_len,
             add_special_tokens=False,
-        ).to(device)
+        ).to(device, non_blocking=True)
         text_ids = tokens.input_ids  # (B, T)
         # pad = eos, so an eos inside the text is not a target either (as in the reference)
         text_targets = text_ids.masked_fill(text_ids == self.llama_tokenizer.pad_token_id, IGNORE_INDEX)
@@ -311,9 +320,12 @@ class MiniGPT4(nn.Module):
         """``{"loss", "tokens" (real LLM input tokens, a 0-dim tensor), "padded_tokens" (B * L)}``."""
         inputs = self.prepare_llm_inputs(samples)
         with autocast(inputs.inputs_embeds.device, self.llm_dtype):
+            # No attention mask: padding is on the right, so under the causal mask no real token
+            # sees a pad, and pads are never targets; the loss is the same as with the mask. Without
+            # one, attention takes its fused causal kernel and transformers reads nothing back from
+            # the device to inspect the mask.
             outputs = self.llama_model(
                 inputs_embeds=inputs.inputs_embeds,
-                attention_mask=inputs.attention_mask,
                 labels=inputs.labels,
                 use_cache=False,
                 return_dict=True,
