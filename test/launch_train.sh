@@ -43,7 +43,7 @@ elapsed=$(( $(date +%s) - start ))
 
 # The step lines come from rank 0 (node 0); the first one includes start-up and is left out of
 # the means when there are others.
-grep -o 'train: step=.*' "$LOG_FILE" | awk -v log_file="$LOG_FILE" -v elapsed="$elapsed" -v node="$NODE_RANK" '
+{ grep -o 'train: step=.*' "$LOG_FILE" || true; } | awk -v log_file="$LOG_FILE" -v elapsed="$elapsed" -v node="$NODE_RANK" '
     {
         for (i = 2; i <= NF; i++) { split($i, kv, "="); value[kv[1]] = kv[2] }
         n++

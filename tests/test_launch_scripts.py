@@ -30,20 +30,31 @@ def test_scripts_parse_with_lf_line_endings(name):
         assert os.access(path, os.X_OK) and "set -euo pipefail" in path.read_text()
 
 
-def launch(script: str, tmp_path: Path, config: Path, options: str, *args: str) -> subprocess.CompletedProcess:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def start(script: str, tmp_path: Path, config: Path, options: str, *args: str, **env: str) -> subprocess.Popen:
     env = {
         **os.environ,
         "GPUS_PER_NODE": "1",
-        "MASTER_PORT": str(port),
+        "MASTER_PORT": str(free_port()),
         "CONFIG": str(config),
         "OPTIONS": options,
         "LOG_DIR": str(tmp_path / "logs"),
         "HF_HUB_OFFLINE": "1",
+        **env,
     }
-    return subprocess.run(["bash", str(SCRIPTS / script), *args], env=env, capture_output=True, text=True, timeout=600)
+    command = ["bash", str(SCRIPTS / script), *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def launch(script: str, tmp_path: Path, config: Path, options: str, *args: str) -> subprocess.CompletedProcess:
+    process = start(script, tmp_path, config, options, *args)
+    stdout, _ = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout)
 
 
 @pytest.mark.slow
@@ -88,3 +99,19 @@ def test_the_first_error_stops_the_script(tmp_path):
     assert result.returncode != 0
     assert "unknown key 'run.no_such_key'" in result.stdout
     assert "summary:" not in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_two_nodes_by_environment(tmp_path):
+    options = "run.max_epoch=1 run.iters_per_epoch=2 run.batch_size_train=2"
+    args = [*tiny_path_options(tiny_root(), ("laion", "cc_sbu")), f"run.output_dir={tmp_path / 'out'}"]
+    node = {"NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    nodes = [
+        start("pretrain_gpt_4p.sh", tmp_path, STAGE1_TINY, options, *args, NODE_RANK=str(rank), **node)
+        for rank in (0, 1)
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in nodes]
+    assert [process.returncode for process in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert SUMMARY.match(outputs[0].splitlines()[-1]) and "rank 0 of 2" in outputs[0]
+    assert outputs[1].splitlines()[-1].startswith("summary: node 1 logs no step lines (rank 0 on node 0 does)")
