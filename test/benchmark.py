@@ -78,7 +78,15 @@ from minigpt4.common.registry import registry
 from minigpt4.common.schema import QFormerArch, RunConfig, VitArch
 from minigpt4.models.llm import load_llama_tokenizer
 from minigpt4.models.mini_gpt4 import MiniGPT4
-from minigpt4.runners.runner_base import build_optimizer, build_scaler, move_to_device, resolve_precision
+from minigpt4.runners.runner_base import (
+    backward_dtype,
+    build_optimizer,
+    build_scaler,
+    move_to_device,
+    resolve_precision,
+    scaled_backward,
+    step_optimizer,
+)
 from minigpt4.tasks.image_text_pretrain import ImageTextPretrainTask
 from tools.make_tiny_weights import TinySpec, tokenizer_corpus, write_tokenizer
 
@@ -285,12 +293,8 @@ def train_step(
     gradient clipping (the stage configs' settings)."""
     with autocast(device, dtype):
         out = task.train_step(model, samples)
-    loss = out["loss"]
-    poison = torch.where(torch.isfinite(loss), 0.0, float("nan"))
-    scaler.scale(loss + poison * sum(p.sum() for p in trainable)).backward()
-    scaler.step(optimizer)
-    scaler.update(fixed_scale)
-    optimizer.zero_grad(set_to_none=True)
+    scaled_backward(out["loss"], scaler, trainable)
+    step_optimizer(optimizer, scaler, fixed_scale, trainable, max_grad_norm=None)
     return out
 
 
@@ -343,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flop_model = minigpt4_flop_model(model)
     task = ImageTextPretrainTask()
     optimizer = build_optimizer(model, run_cfg)
-    scaler, fixed_scale = build_scaler(run_cfg, device, dtype)
+    scaler, fixed_scale = build_scaler(run_cfg, device, backward_dtype(dtype, model))
     trainable = [p for p in model.parameters() if p.requires_grad]
     batches = min(POOL_BATCHES, args.warmup + args.steps)
     pool, data_images_per_sec = make_pool(

@@ -19,7 +19,13 @@ from torch.utils.data import Dataset
 import minigpt4  # noqa: F401  (registers every name)
 from minigpt4.common.checkpoint import load_checkpoint
 from minigpt4.common.schema import RunConfig
-from minigpt4.runners.runner_base import NonFiniteLossError, RunnerBase, build_optimizer, setup_output_dir
+from minigpt4.runners.runner_base import (
+    NonFiniteLossError,
+    RunnerBase,
+    backward_dtype,
+    build_optimizer,
+    setup_output_dir,
+)
 from minigpt4.tasks import ImageTextPretrainTask
 
 TOKENS_PER_SAMPLE = 3  # what TinyCaptioner reports as real LLM tokens per sample
@@ -236,6 +242,15 @@ def test_precision_and_loss_scale(tmp_path, overrides, dtype, scale):
     ckpt = load_checkpoint(tmp_path / "out" / "job" / "checkpoint_0.pth")
     assert ckpt["scaler"]["scale"] == scale
     assert runner.history[-1]["loss"] < runner.history[0]["loss"] * 1.5
+
+
+def test_a_model_computing_in_fp16_gets_a_loss_scaler_whatever_the_run_says():
+    bf16_llm, fp16_llm = nn.Linear(2, 2), nn.Linear(2, 2)
+    bf16_llm.llm_dtype, fp16_llm.llm_dtype = torch.bfloat16, torch.float16
+    assert backward_dtype(None, nn.Linear(2, 2)) is None
+    assert backward_dtype(torch.bfloat16, bf16_llm) is torch.bfloat16
+    assert backward_dtype(torch.bfloat16, fp16_llm) is torch.float16
+    assert backward_dtype(None, fp16_llm) is torch.float16
 
 
 def test_isolated_nonfinite_steps_are_skipped_and_counted(tmp_path):

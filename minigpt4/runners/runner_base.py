@@ -134,6 +134,13 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
         group.update(keep)
 
 
+def backward_dtype(dtype: torch.dtype | None, model: nn.Module) -> torch.dtype | None:
+    """The precision the backward runs in, which decides the loss scaling: fp16 when the run's
+    autocast is fp16 or when the model computes its LLM in fp16 whatever the run says
+    (MiniGPT4's ``llm_precision``)."""
+    return torch.float16 if torch.float16 in (dtype, getattr(model, "llm_dtype", None)) else dtype
+
+
 def build_scaler(
     run_cfg: Any, device: torch.device, dtype: torch.dtype | None
 ) -> tuple[torch.amp.GradScaler, float | None]:
@@ -155,6 +162,32 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     )
     device_ids = None if device.type == "cpu" else [device.index]
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def scaled_backward(loss: torch.Tensor, scaler: torch.amp.GradScaler, trainable: list[nn.Parameter]) -> None:
+    """Backward of the scaled loss. A non-finite loss can come with finite gradients (0/0 when no
+    token of the batch is a target): the added term is exactly 0 for a finite loss and otherwise
+    makes every trainable gradient NaN, so that the scaler skips the step on every rank, without
+    reading the loss back to the host."""
+    poison = torch.where(torch.isfinite(loss), 0.0, float("nan"))
+    scaler.scale(loss + poison * sum(p.sum() for p in trainable)).backward()
+
+
+def step_optimizer(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    fixed_scale: float | None,
+    trainable: list[nn.Parameter],
+    max_grad_norm: float | None,
+) -> None:
+    """Optional clipping, then the optimizer step (skipped, on the device, when a gradient is not
+    finite), the scaler update and zeroed gradients."""
+    if max_grad_norm is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(trainable, float(max_grad_norm))
+    scaler.step(optimizer)
+    scaler.update(fixed_scale)
+    optimizer.zero_grad(set_to_none=True)
 
 
 def move_to_device(samples: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -206,7 +239,7 @@ class RunnerBase:
         ddp_model = wrap_ddp(model, device) if world_size > 1 else model
         optimizer = build_optimizer(model, run)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        scaler, fixed_scale = build_scaler(run, device, dtype)
+        scaler, fixed_scale = build_scaler(run, device, backward_dtype(dtype, model))
         iters_per_epoch, accum = int(run.iters_per_epoch), int(run.accum_grad_iters)
         if iters_per_epoch % accum or run.checkpoint_interval % accum:
             raise ValueError(
@@ -299,14 +332,9 @@ class RunnerBase:
                 with no_sync:
                     with autocast(device, dtype):
                         out = self.task.train_step(ddp_model, samples)
-                    loss = out["loss"]
-                    # A non-finite loss can come with finite gradients (0/0 when no token of the
-                    # batch is a target). This term is exactly 0 for a finite loss and otherwise
-                    # makes every trainable gradient NaN, so the scaler skips the step on all ranks.
-                    poison = torch.where(torch.isfinite(loss), 0.0, float("nan"))
-                    scaler.scale(loss + poison * sum(p.sum() for p in trainable)).backward()
+                    scaled_backward(out["loss"], scaler, trainable)
                 metrics.update(
-                    loss,
+                    out["loss"],
                     tokens=out["tokens"],
                     padded_tokens=out["padded_tokens"],
                     samples=samples["image"].shape[0],
@@ -314,12 +342,7 @@ class RunnerBase:
                     data_time=data_time,
                 )
                 if optimizer_step:
-                    if run.max_grad_norm is not None:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(trainable, float(run.max_grad_norm))
-                    scaler.step(optimizer)  # skipped, on the device, when a gradient is not finite
-                    scaler.update(fixed_scale)
-                    optimizer.zero_grad(set_to_none=True)
+                    step_optimizer(optimizer, scaler, fixed_scale, trainable, run.max_grad_norm)
 
                 if step % run.log_freq == 0 or i == iters_per_epoch - 1:
                     stats = metrics.read()
