@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from minigpt4.common.registry import registry
+from minigpt4.conversation.conversation import Chat
 from minigpt4.models.mini_gpt4 import MiniGPT4
 
 # The architecture of the parity_v1 set (its README, "Architecture of this set").
@@ -48,3 +50,9 @@ def golden_model_config(golden_dir: Path, **overrides: Any) -> DictConfig:
 
 def build_golden_model(golden_dir: Path, **overrides: Any) -> MiniGPT4:
     return MiniGPT4.from_config(golden_model_config(golden_dir, **overrides))
+
+
+def build_golden_chat(golden_dir: Path) -> Chat:
+    """The chat engine on the golden model, with the eval processor at the golden image size."""
+    processor = registry.get_processor_class("blip2_image_eval").from_config({"image_size": 56})
+    return Chat(build_golden_model(golden_dir).eval(), processor, device="cpu")

@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageStat
 
-from minigpt4.common.registry import registry
-from minigpt4.conversation.conversation import Chat
 from minigpt4.conversation.demo_app import MSG_CHOOSE_IMAGE, MSG_EMPTY, UPLOAD_LABEL, build_demo
 from tests.conftest import chromium_path
-from tests.golden_model import build_golden_model
+from tests.golden_model import build_golden_chat
 
 pytestmark = pytest.mark.browser
 
@@ -27,8 +25,7 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def demo_url(golden_dir):
-    processor = registry.get_processor_class("blip2_image_eval").from_config({"image_size": 56})
-    chat = Chat(build_golden_model(golden_dir).eval(), processor, device="cpu")
+    chat = build_golden_chat(golden_dir)
     demo = build_demo(chat, max_new_tokens=16)
     demo.queue().launch(server_name="127.0.0.1", prevent_thread_lock=True, share=False, quiet=True)
     yield demo.local_url

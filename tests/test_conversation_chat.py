@@ -14,9 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import StoppingCriteriaList
 
-from minigpt4.common.registry import registry
-from minigpt4.conversation.conversation import CONV_VISION, Chat, Decoding, StopOnSequences, postprocess_answer
-from tests.golden_model import build_golden_model
+from minigpt4.conversation.conversation import CONV_VISION, Decoding, StopOnSequences, postprocess_answer
+from tests.golden_model import build_golden_chat
 
 QUESTION = "What is in this image?"
 GREEDY = {"do_sample": False, "max_new_tokens": 12}
@@ -24,8 +23,7 @@ GREEDY = {"do_sample": False, "max_new_tokens": 12}
 
 @pytest.fixture(scope="module")
 def chat(golden_dir):
-    processor = registry.get_processor_class("blip2_image_eval").from_config({"image_size": 56})
-    return Chat(build_golden_model(golden_dir).eval(), processor, device="cpu")
+    return build_golden_chat(golden_dir)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from minigpt4.common.registry import registry
-from minigpt4.conversation.conversation import Chat
 from minigpt4.conversation.demo_app import (
     MSG_ASK_AFTER_IMAGE,
     MSG_CHOOSE_IMAGE,
@@ -19,7 +17,7 @@ from minigpt4.conversation.demo_app import (
     build_demo,
     open_upload,
 )
-from tests.golden_model import build_golden_model
+from tests.golden_model import build_golden_chat
 
 # Small limits so that the golden photos exercise both paths: astronaut (512x512) is refused,
 # chelsea (451x300) is downscaled.
@@ -28,8 +26,7 @@ LIMITS = {"max_image_side": 400, "max_image_pixels": 200_000}
 
 @pytest.fixture(scope="module")
 def chat(golden_dir):
-    processor = registry.get_processor_class("blip2_image_eval").from_config({"image_size": 56})
-    return Chat(build_golden_model(golden_dir).eval(), processor, device="cpu")
+    return build_golden_chat(golden_dir)
 
 
 @pytest.fixture(scope="module")
