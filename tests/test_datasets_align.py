@@ -144,7 +144,11 @@ def test_shuffled_and_sharded_across_ranks_with_a_new_order_every_pass(align):
     assert rank0_pass0 != sorted(rank0_pass0)
     assert two_passes(0) == (rank0_pass0, rank0_pass1)  # reproducible from run.seed
     seeded = build_train_loader({"cc_sbu_align": {"train": dataset}}, run_cfg(seed=1), rank=0, world_size=2)
-    assert image_ids(seeded.loaders[0], 3) != rank0_pass0
+    seeded_ids = image_ids(seeded.loaders[0], 3)
+    assert seeded_ids != rank0_pass0
+    # An explicit seed (the runner's run.seed + global step) replaces run.seed.
+    explicit = build_train_loader({"cc_sbu_align": {"train": dataset}}, cfg, rank=0, world_size=2, seed=1)
+    assert image_ids(explicit.loaders[0], 3) == seeded_ids
 
 
 def test_batches_with_workers(align):

@@ -48,8 +48,10 @@ class TinyCaptioner(nn.Module):
         for module in (self.encoder, self.head):
             module.requires_grad_(False)
         self.dtypes: list[torch.dtype] = []
+        self.seen: list[tuple[str, ...]] = []  # the text_input of every batch, in order
 
     def forward(self, samples: dict) -> dict:
+        self.seen.append(tuple(samples["text_input"]))
         x = self.encoder(samples["image"].flatten(1))  # (B, 16)
         h = self.proj(x)
         self.dtypes.append(h.dtype)
@@ -199,6 +201,15 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
     assert [h["step"] for h in from_middle.history] == [11, 12]
     assert [h["loss"] for h in from_middle.history] == [losses[11], losses[12]]
     assert torch.equal(from_middle.model.proj.weight, full.model.proj.weight)
+
+
+def test_the_stream_restarted_at_each_checkpoint_reads_new_batches(tmp_path):
+    # The loader restarts at every epoch and every checkpoint_interval, seeded by the global step:
+    # a restart must not replay the batches the run began with.
+    runner = train(tmp_path, max_epoch=2, iters_per_epoch=6, checkpoint_interval=2)
+    assert len(runner.model.seen) == 12
+    restarts = runner.model.seen[::2]  # steps 1, 3, 5, 7, 9, 11
+    assert len(set(restarts)) == len(restarts), restarts
 
 
 def test_accumulation_steps_every_n_iterations(tmp_path):

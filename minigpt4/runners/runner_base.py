@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -209,9 +208,8 @@ class RunnerBase:
 
     def train_loader(self, global_step: int) -> Any:
         """The batch stream from ``global_step`` on, seeded from ``run.seed`` and that step."""
-        run_cfg = self.config.run_cfg
-        seeded = OmegaConf.merge(OmegaConf.to_container(run_cfg), {"seed": run_cfg.seed + global_step})
-        return build_train_loader(self.datasets, seeded, get_rank(), get_world_size())
+        run = self.config.run_cfg
+        return build_train_loader(self.datasets, run, get_rank(), get_world_size(), seed=run.seed + global_step)
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         """Gather every rank's RNG state into ``state``, then write ``name`` on rank 0 only."""

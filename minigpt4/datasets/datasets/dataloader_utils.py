@@ -81,19 +81,19 @@ def _loader_generator(seed: int, rank: int, name: str) -> torch.Generator:
 
 
 def _build_loader(
-    dataset: Dataset, name: str, run_cfg: Any, rank: int, world_size: int, *, pin_memory: bool
+    dataset: Dataset, name: str, run_cfg: Any, rank: int, world_size: int, *, seed: int, pin_memory: bool
 ) -> Iterator[Batch]:
     common = {
         "batch_size": run_cfg.batch_size_train,
         "num_workers": run_cfg.num_workers,
         "pin_memory": pin_memory,
-        "generator": _loader_generator(run_cfg.seed, rank, name),
+        "generator": _loader_generator(seed, rank, name),
     }
     if isinstance(dataset, ImageTextShards):
-        return iter(DataLoader(dataset.for_rank(run_cfg.seed, rank), **common))
+        return iter(DataLoader(dataset.for_rank(seed, rank), **common))
     if isinstance(dataset, IterableDataset):
         raise TypeError(f"{name}: iterable datasets other than ImageTextShards cannot be seeded per rank")
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=run_cfg.seed)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     if len(sampler) < run_cfg.batch_size_train:
         raise ValueError(
             f"{name}: {len(dataset)} samples over {world_size} ranks leave {len(sampler)} per rank, "
@@ -104,19 +104,30 @@ def _build_loader(
 
 
 def build_train_loader(
-    datasets: Mapping[str, Mapping[str, Dataset]], run_cfg: Any, rank: int = 0, world_size: int = 1
+    datasets: Mapping[str, Mapping[str, Dataset]],
+    run_cfg: Any,
+    rank: int = 0,
+    world_size: int = 1,
+    *,
+    seed: int | None = None,
 ) -> MultiIterLoader:
     """An endless iterator of training batches.
 
     ``datasets`` is ``{name: {split: dataset}}`` as the builders return it; the splits in
     ``run.train_splits`` are used. From ``run_cfg`` it reads ``batch_size_train``, ``num_workers``,
-    ``seed``, ``train_splits`` and ``device`` (memory is pinned only for an accelerator)."""
+    ``train_splits`` and ``device`` (memory is pinned only for an accelerator). ``seed`` seeds
+    every random draw of the stream (None: ``run.seed``); the runner passes ``run.seed`` plus the
+    global step the stream starts at, so that a resumed run reads the batches the uninterrupted
+    one read."""
+    seed = run_cfg.seed if seed is None else seed
     pin_memory = resolve_device(run_cfg.device).type != "cpu"
     chosen = [
         (name, splits[split]) for name, splits in datasets.items() for split in run_cfg.train_splits if split in splits
     ]
     if not chosen:
         raise ValueError(f"no dataset has a split in run.train_splits {list(run_cfg.train_splits)}: {dict(datasets)}")
-    loaders = [_build_loader(ds, name, run_cfg, rank, world_size, pin_memory=pin_memory) for name, ds in chosen]
+    loaders = [
+        _build_loader(ds, name, run_cfg, rank, world_size, seed=seed, pin_memory=pin_memory) for name, ds in chosen
+    ]
     ratios = [float(getattr(ds, "sample_ratio", 1.0)) for _, ds in chosen]
-    return MultiIterLoader(loaders, ratios, seed=stream_seed(run_cfg.seed, rank, 2))
+    return MultiIterLoader(loaders, ratios, seed=stream_seed(seed, rank, 2))
