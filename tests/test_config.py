@@ -165,6 +165,13 @@ def test_unknown_names_list_the_registered_ones(tmp_path, model_defaults):
         make_config(tmp_path, options=["model.model_type=huge"])
     with pytest.raises(ConfigError, match=r"unknown type 'other' for dataset 'laion'; its types: default"):
         make_config(tmp_path, USER.replace("sample_ratio: 115", "sample_ratio: 115\n    type: other"))
+    for key, kind, valid in (
+        ("task", "task", "image_text_pretrain"),
+        ("runner", "runner", "runner_base"),
+        ("lr_sched", "lr_scheduler", "linear_warmup_cosine_lr, linear_warmup_step_lr"),
+    ):
+        with pytest.raises(ConfigError, match=rf"run.{key}: unknown {kind} 'nope'; registered {kind}s: {valid}"):
+            make_config(tmp_path, options=[f"run.{key}=nope"])
 
 
 def test_missing_root_keys_and_files(tmp_path, model_defaults):

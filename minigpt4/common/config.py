@@ -10,10 +10,11 @@ Merge order, later winning, as in the reference:
 4. ``args.options``: ``key=value`` tokens, or ``key value`` pairs.
 
 Everything lands on ``minigpt4.common.schema.RootConfig``, so a misspelt key or a value of the
-wrong type stops here, naming the file or option it came from and the valid keys. Unlike the
-reference, ``model.model_type`` given in ``--options`` does pick the model's default YAML. The
-result is read-only: nothing changes the configuration after start-up. Relative paths are kept as
-written, relative to the working directory.
+wrong type stops here, naming the file or option it came from and the valid keys; so does a name
+that nothing is registered under (model, dataset, processor, task, runner, LR schedule). Unlike
+the reference, ``model.model_type`` given in ``--options`` does pick the model's default YAML.
+The result is read-only: nothing changes the configuration after start-up. Relative paths are
+kept as written, relative to the working directory.
 """
 
 from __future__ import annotations
@@ -73,9 +74,18 @@ def _load(path: str) -> DictConfig:
         raise ConfigError(f"config file {path} not found") from None
 
 
+# run: keys that name a registered class, and the registry kind each is looked up in.
+RUN_NAMES = {"task": "task", "runner": "runner", "lr_sched": "lr_scheduler"}
+
+
 def _check_names(config: DictConfig) -> None:
-    """Names and values the schema's types cannot express: processor names resolve, storage is a
-    str or a list of str."""
+    """Names and values the schema's types cannot express: processor names and the run's task,
+    runner and LR schedule resolve, storage is a str or a list of str."""
+    for key, kind in RUN_NAMES.items():
+        try:
+            getattr(registry, f"get_{kind}_class")(config.run[key])
+        except UnknownNameError as exn:
+            raise ConfigError(f"run.{key}: {exn}") from None
     entries = [(f"preprocess.{kind}", config.preprocess[kind]) for kind in ("vis_processor", "text_processor")]
     for name, dataset in config.datasets.items():
         storage = dataset.build_info.storage
