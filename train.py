@@ -4,8 +4,9 @@
     torchrun --nproc-per-node 4 train.py --cfg-path train_configs/minigpt4_stage1_pretrain.yaml
 
 Set-up order: config, logging, process group, job id, seeds, output folder (checked writable),
-every input path checked, datasets, model, then the runner's loop. A wrong path or an unwritable
-output folder stops the run before anything heavy is loaded. Outputs go to
+every input path and the runner's keys checked, datasets, model, then the runner's loop. A wrong
+path, an unusable ``run:`` value or an unwritable output folder stops the run before anything
+heavy is loaded. Outputs go to
 ``run.output_dir/<job_id>/`` relative to the working directory: ``log.txt``, ``checkpoint_*.pth``.
 """
 
@@ -68,10 +69,11 @@ def main(argv: list[str] | None = None) -> RunnerBase:
         logger.info("Outputs go to %s", output_dir.resolve())
     task = setup_task(cfg)
     task.check_inputs(cfg)
+    runner_cls = registry.get_runner_class(run_cfg.runner)
+    runner_cls.check_config(run_cfg)
     cfg.pretty_print()
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
-    runner_cls = registry.get_runner_class(run_cfg.runner)
     runner = runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
     runner.train()
     return runner

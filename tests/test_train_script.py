@@ -91,6 +91,8 @@ def test_missing_inputs_fail_before_anything_loads(in_tiny_root, tmp_path, caplo
     with pytest.raises(FileNotFoundError, match=r"datasets.laion: none of the 2 shards .*nowhere/00000.tar"):
         storage = "datasets.laion.build_info.storage=nowhere/{00000..00001}.tar"
         train.main(argv(STAGE1_TINY, storage, f"run.output_dir={tmp_path}"))
+    with pytest.raises(ValueError, match=r"must be multiples of run.accum_grad_iters \(3\)"):
+        train.main(argv(STAGE1_TINY, "run.accum_grad_iters=3", f"run.output_dir={tmp_path}"))
     assert not any("Loading VIT" in r.getMessage() for r in caplog.records)
 
 

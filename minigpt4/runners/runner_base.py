@@ -219,15 +219,30 @@ class RunnerBase:
             save_checkpoint(path, state)
             logger.info("Saving checkpoint at epoch %d (%d iterations in) to %s.", state["epoch"], state["iters"], path)
 
-    def train(self) -> list[dict[str, Any]]:
-        """Run the training; returns ``history``, the figures of every log line."""
-        run = self.config.run_cfg
-        start_time = time.time()
-        if run.evaluate or run.valid_splits or run.test_splits:
+    @staticmethod
+    def check_config(run_cfg: Any) -> None:
+        """Refuse ``run:`` values the loop cannot work with (train.py calls this before anything is
+        loaded; ``train`` calls it again for runners built by hand)."""
+        if run_cfg.evaluate or run_cfg.valid_splits or run_cfg.test_splits:
             raise ValueError(
                 "run.evaluate, run.valid_splits, run.test_splits: the image_text_pretrain task has no evaluation "
                 "(the reference's did nothing); set evaluate: False and leave the valid and test splits empty"
             )
+        accum = run_cfg.accum_grad_iters
+        if run_cfg.iters_per_epoch % accum or run_cfg.checkpoint_interval % accum:
+            raise ValueError(
+                f"run.iters_per_epoch ({run_cfg.iters_per_epoch}) and run.checkpoint_interval "
+                f"({run_cfg.checkpoint_interval}) must be multiples of run.accum_grad_iters ({accum}), so that "
+                "checkpoints fall between steps"
+            )
+
+    def train(self) -> list[dict[str, Any]]:
+        """Run the training; returns ``history``, the figures of every log line."""
+        run = self.config.run_cfg
+        start_time = time.time()
+        self.check_config(run)
+        iters_per_epoch, accum = int(run.iters_per_epoch), int(run.accum_grad_iters)
+        total_steps = int(run.max_epoch) * iters_per_epoch
 
         # --- set-up, in order: device, model, optimizer, scaler, schedule, resume, outputs ---
         device = init_distributed_mode(run.device, run.dist_url)
@@ -238,14 +253,34 @@ class RunnerBase:
         optimizer = build_optimizer(model, run)
         trainable = [p for p in model.parameters() if p.requires_grad]
         scaler, fixed_scale = build_scaler(run, device, backward_dtype(dtype, model))
-        iters_per_epoch, accum = int(run.iters_per_epoch), int(run.accum_grad_iters)
-        if iters_per_epoch % accum or run.checkpoint_interval % accum:
-            raise ValueError(
-                f"run.iters_per_epoch ({iters_per_epoch}) and run.checkpoint_interval ({run.checkpoint_interval}) "
-                f"must be multiples of run.accum_grad_iters ({accum}), so that checkpoints fall between steps"
-            )
         scheduler = registry.get_lr_scheduler_class(run.lr_sched).from_config(optimizer, run, iters_per_epoch)
-        total_steps = int(run.max_epoch) * iters_per_epoch
+
+        start_epoch, start_iter = 0, 0
+        if run.resume_ckpt_path:
+            ckpt = load_checkpoint(run.resume_ckpt_path)
+            load_trainable_state_dict(model, ckpt["model"], run.resume_ckpt_path)
+            load_optimizer_state(optimizer, ckpt["optimizer"])
+            if ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            done = ckpt.get("iters", iters_per_epoch)  # reference checkpoints mark complete epochs
+            start_epoch, start_iter = (ckpt["epoch"] + 1, 0) if done >= iters_per_epoch else (ckpt["epoch"], done)
+            if len(ckpt.get("rng") or []) == world_size:
+                set_rng_state(ckpt["rng"][rank], device)
+            else:
+                logger.warning(
+                    "%s has no RNG state for %d ranks: random draws will differ", run.resume_ckpt_path, world_size
+                )
+            logger.info(
+                "Resume checkpoint from %s at epoch %d, iteration %d", run.resume_ckpt_path, start_epoch, start_iter
+            )
+        if is_main_process():
+            log_config(self.output_dir, self.config.to_dict())
+        tensorboard = TensorBoard(self.output_dir / "tensorboard") if is_main_process() else None
+        metrics = StepMetrics(device)
+        logger.info(
+            "Start training: %d epochs x %d iterations, batch %d x %d ranks, precision %s, device %s",
+            run.max_epoch, iters_per_epoch, run.batch_size_train, world_size, dtype or torch.float32, device,
+        )  # fmt: skip
 
         def checkpoint(name: str, epoch: int, iters: int, lr: float) -> None:
             self.save(
@@ -285,33 +320,6 @@ class RunnerBase:
             if tensorboard is not None:
                 tensorboard.add_scalars(step, {f"train/{k}": v for k, v in figures.items()})
             return {"step": step, "epoch": epoch, **figures}
-
-        start_epoch, start_iter = 0, 0
-        if run.resume_ckpt_path:
-            ckpt = load_checkpoint(run.resume_ckpt_path)
-            load_trainable_state_dict(model, ckpt["model"], run.resume_ckpt_path)
-            load_optimizer_state(optimizer, ckpt["optimizer"])
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            done = ckpt.get("iters", iters_per_epoch)  # reference checkpoints mark complete epochs
-            start_epoch, start_iter = (ckpt["epoch"] + 1, 0) if done >= iters_per_epoch else (ckpt["epoch"], done)
-            if len(ckpt.get("rng") or []) == world_size:
-                set_rng_state(ckpt["rng"][rank], device)
-            else:
-                logger.warning(
-                    "%s has no RNG state for %d ranks: random draws will differ", run.resume_ckpt_path, world_size
-                )
-            logger.info(
-                "Resume checkpoint from %s at epoch %d, iteration %d", run.resume_ckpt_path, start_epoch, start_iter
-            )
-        if is_main_process():
-            log_config(self.output_dir, self.config.to_dict())
-        tensorboard = TensorBoard(self.output_dir / "tensorboard") if is_main_process() else None
-        metrics = StepMetrics(device)
-        logger.info(
-            "Start training: %d epochs x %d iterations, batch %d x %d ranks, precision %s, device %s",
-            run.max_epoch, iters_per_epoch, run.batch_size_train, world_size, dtype or torch.float32, device,
-        )  # fmt: skip
 
         # --- the loop ---
         for epoch in range(start_epoch, int(run.max_epoch)):
