@@ -220,6 +220,12 @@ def test_accumulation_steps_every_n_iterations(tmp_path):
         train(tmp_path, job_id="bad", max_epoch=1, iters_per_epoch=6, accum_grad_iters=4)
 
 
+@pytest.mark.parametrize("key", ["iters_per_epoch", "accum_grad_iters", "batch_size_train", "log_freq"])
+def test_counts_below_one_are_refused(tmp_path, key):
+    with pytest.raises(ValueError, match=rf"run.{key} must be at least 1, got 0"):
+        RunnerBase.check_config(RunOnly(**run_keys(tmp_path, **{key: 0})).run_cfg)
+
+
 def test_gradient_clipping_bounds_the_norm(tmp_path):
     norms: list[float] = []
 

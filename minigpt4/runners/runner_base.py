@@ -228,6 +228,9 @@ class RunnerBase:
                 "run.evaluate, run.valid_splits, run.test_splits: the image_text_pretrain task has no evaluation "
                 "(the reference's did nothing); set evaluate: False and leave the valid and test splits empty"
             )
+        for key in ("iters_per_epoch", "accum_grad_iters", "batch_size_train", "log_freq"):
+            if run_cfg[key] < 1:
+                raise ValueError(f"run.{key} must be at least 1, got {run_cfg[key]}")
         accum = run_cfg.accum_grad_iters
         if run_cfg.iters_per_epoch % accum or run_cfg.checkpoint_interval % accum:
             raise ValueError(
