@@ -14,6 +14,7 @@ import torch
 from tiny_assets import REPO_ROOT, STAGE1_TINY, tiny_path_options, tiny_root
 
 from minigpt4.common.checkpoint import load_checkpoint
+from minigpt4.common.logger import StepMetrics
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
@@ -76,6 +77,28 @@ def check_ranks_agree_and_only_rank0_writes(tmp_path: Path, world_size: int) -> 
     assert "train: step=4/4 " in logs[0]
     for log in logs[1:]:
         assert "train: step=" not in log and "[INFO]" not in log  # rank 0 alone logs
+
+
+def window_of_rank(rank: int, init_file: str, out: str) -> None:
+    """One rank of ``test_throughput_is_summed_over_ranks``: rank r reports (r + 1) * 10 tokens
+    and r + 1 samples for one iteration, then every rank reads the window."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        metrics = StepMetrics(torch.device("cpu"))
+        n = rank + 1
+        metrics.update(torch.tensor(float(n)), tokens=10 * n, padded_tokens=12 * n, samples=n, lr=0.1, data_time=0.0)
+        stats = metrics.read()
+        torch.save([stats.tokens, stats.padded_tokens, stats.samples, stats.loss, stats.iters], f"{out}{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_throughput_is_summed_over_ranks(tmp_path):
+    out = str(tmp_path / "window")
+    torch.multiprocessing.spawn(window_of_rank, args=(str(tmp_path / "init"), out), nprocs=2)
+    for rank in range(2):
+        # Tokens, padded tokens and samples of both ranks; the mean loss of both; iterations per rank.
+        assert torch.load(f"{out}{rank}.pt") == [30.0, 36.0, 3.0, 1.5, 1]
 
 
 def test_two_processes_on_one_node(tmp_path):
