@@ -9,11 +9,9 @@ or queried.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,8 +19,6 @@ import torch.distributed as dist
 from minigpt4.common.device import dist_backend, init_device, resolve_device
 
 logger = logging.getLogger(__name__)
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def launched_by_torchrun() -> bool:
@@ -43,16 +39,6 @@ def get_rank() -> int:
 
 def is_main_process() -> bool:
     return get_rank() == 0
-
-
-def main_process(func: F) -> F:
-    """Run ``func`` on rank 0 only; the other ranks get None."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return func(*args, **kwargs) if is_main_process() else None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def init_distributed_mode(device_name: str, dist_url: str = "env://") -> torch.device:
@@ -127,5 +113,4 @@ __all__ = [
     "is_dist_avail_and_initialized",
     "is_main_process",
     "launched_by_torchrun",
-    "main_process",
 ]
