@@ -39,3 +39,13 @@ def test_autocast_context_runs_bf16_on_cpu_when_asked():
         assert lin(x).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), None):
         assert lin(x).dtype == torch.float32
+
+
+def test_a_device_index_beyond_the_node_names_the_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    with pytest.raises(RuntimeError, match=r"device cuda:2 does not exist: torch sees 2 cuda device\(s\)"):
+        resolve_device("cuda", local_rank=2)
+    with pytest.raises(RuntimeError, match=r"device cuda:5 does not exist"):
+        resolve_device("cuda:5")

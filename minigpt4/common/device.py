@@ -39,6 +39,13 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
         raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU")
     if device.type != "cpu" and device.index is None and local_rank is not None:
         device = torch.device(device.type, local_rank)
+    if device.index is not None:
+        count = torch.get_device_module(device.type).device_count()
+        if device.index >= count:
+            raise RuntimeError(
+                f"device {device} does not exist: torch sees {count} {device.type} device(s) on this node "
+                "(under torchrun the index is LOCAL_RANK: start at most that many processes per node)"
+            )
     return device
 
 
