@@ -109,8 +109,6 @@ class ImageTextShards(IterableDataset):
         *,
         name: str,
         sample_ratio: float = 1.0,
-        seed: int = 0,
-        rank: int = 0,
     ) -> None:
         super().__init__()
         if not urls:
@@ -120,8 +118,7 @@ class ImageTextShards(IterableDataset):
         self.text_processor = text_processor
         self.name = name
         self.sample_ratio = sample_ratio
-        self.seed = seed
-        self.rank = rank
+        self.seed, self.rank = 0, 0  # the stream of rank 0 under seed 0, until for_rank picks another
         self.skipped = 0
         self.broken_in_a_row = 0
 
