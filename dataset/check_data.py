@@ -153,6 +153,9 @@ def check_align(folder: Path) -> Report:
     except (ValueError, KeyError, TypeError) as exn:
         report.problem("unreadable filter_cap.json", f"{folder / 'filter_cap.json'} ({type(exn).__name__}: {exn})")
         return report
+    if not isinstance(annotations, list):
+        report.problem("unreadable filter_cap.json", f"'annotations' must be a list, not {type(annotations).__name__}")
+        return report
     ids = Counter()
     for index, ann in enumerate(annotations):
         report.samples += 1

@@ -155,6 +155,9 @@ def test_checker_reports_a_broken_align_folder(data, tmp_path, capsys):
     (folder / "filter_cap.json").write_text("{}")
     status, out = check(capsys, folder)
     assert status == 1 and "unreadable filter_cap.json" in out
+    (folder / "filter_cap.json").write_text('{"annotations": 5}')
+    status, out = check(capsys, folder)
+    assert status == 1 and "unreadable filter_cap.json: 'annotations' must be a list, not int" in out
 
 
 def test_checker_rejects_what_is_neither(tmp_path, capsys):
