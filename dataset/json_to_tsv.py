@@ -12,18 +12,24 @@ COLUMNS = ("url", "caption")
 
 
 def json_to_tsv(source: Path, target: Path) -> int:
-    """Write ``target`` with a ``url<TAB>caption`` header and one row per record; returns the count."""
-    with source.open(encoding="utf-8") as f:
-        records = json.load(f)
+    """Write ``target`` with a ``url<TAB>caption`` header and one row per record; returns the count.
+    Every record is checked before anything is written."""
+    try:
+        with source.open(encoding="utf-8") as f:
+            records = json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"{source}: no such file (download it first, see dataset/README_1_STAGE.md)") from None
+    except ValueError as exn:
+        raise SystemExit(f"{source}: not valid JSON ({exn})") from None
     if not isinstance(records, list):
         raise SystemExit(f"{source}: expected a JSON list of {{'url', 'caption'}} records")
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or any(column not in record for column in COLUMNS):
+            raise SystemExit(f"{source}: record {index} lacks 'url' or 'caption': {record!r}")
     with target.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(COLUMNS)
-        for index, record in enumerate(records):
-            if not isinstance(record, dict) or any(column not in record for column in COLUMNS):
-                raise SystemExit(f"{source}: record {index} lacks 'url' or 'caption': {record!r}")
-            writer.writerow([record[column] for column in COLUMNS])
+        writer.writerows([record[column] for column in COLUMNS] for record in records)
     return len(records)
 
 

@@ -188,6 +188,11 @@ def test_converters_write_the_tsv_img2dataset_reads(tmp_path, script, source, ta
     (tmp_path / "bad.json").write_text(json.dumps([{"url": "http://x/3.jpg"}]))
     done = run_script([sys.executable, str(DATASET_DIR / script), "bad.json", "out.tsv"], cwd=tmp_path)
     assert done.returncode != 0 and "bad.json: record 0 lacks 'url' or 'caption'" in done.stderr
+    assert not (tmp_path / "out.tsv").exists()  # records are checked before the TSV is written
+    (tmp_path / "cut.json").write_text(json.dumps(records)[:-5])
+    for name, message in (("cut.json", "cut.json: not valid JSON"), ("none.json", "none.json: no such file")):
+        done = run_script([sys.executable, str(DATASET_DIR / script), name, "out.tsv"], cwd=tmp_path)
+        assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(
