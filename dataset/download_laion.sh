@@ -4,15 +4,9 @@
 #
 #   bash download_laion.sh [URL_LIST] [OUTPUT_FOLDER]
 #
-# Environment knobs (defaults are the reference's): PROCESSES_COUNT=16 THREAD_COUNT=128
-# IMAGE_SIZE=256 ENABLE_WANDB=True (set ENABLE_WANDB=False to run without a wandb account).
+# Environment knobs: PROCESSES_COUNT, THREAD_COUNT, IMAGE_SIZE, ENABLE_WANDB (img2dataset_shards.sh).
 set -euo pipefail
 
 url_list=${1:-laion_synthetic_filtered_large.tsv}
 output_folder=${2:-laion_dataset}
-
-img2dataset --url_list "$url_list" --input_format "tsv" \
-    --url_col "url" --caption_col "caption" \
-    --output_format webdataset --output_folder "$output_folder" \
-    --processes_count "${PROCESSES_COUNT:-16}" --thread_count "${THREAD_COUNT:-128}" \
-    --image_size "${IMAGE_SIZE:-256}" --enable_wandb "${ENABLE_WANDB:-True}"
+source "$(dirname "${BASH_SOURCE[0]}")/img2dataset_shards.sh"

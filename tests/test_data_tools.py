@@ -229,3 +229,5 @@ def test_download_scripts_call_img2dataset_with_the_reference_parameters(tmp_pat
     )
     args = (tmp_path / "args").read_text().split("\n")
     assert args[1] == "mine.tsv" and "out" in args and args[-2] == "False"
+    done = run_script(["bash", str(DATASET_DIR / script)], cwd=tmp_path, env={**env, "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 1 and "img2dataset is not installed: pip install img2dataset" in done.stderr
