@@ -1,4 +1,5 @@
-# Every command the README gives is a target here, so users, CI and scripts call the same thing.
+# The README's set-up, test and quick-start commands are targets here, so users, CI and scripts call
+# the same thing.
 # Each target installs what it needs first; running a target twice is harmless.
 
 PYTHON ?= python3
