@@ -88,7 +88,7 @@ from minigpt4.runners.runner_base import (
     step_optimizer,
 )
 from minigpt4.tasks.image_text_pretrain import ImageTextPretrainTask
-from tools.make_tiny_weights import TinySpec, tokenizer_corpus, write_tokenizer
+from tools.make_tiny_weights import TinySpec, llama_config, tiny_llm_shape, tokenizer_corpus, write_tokenizer
 
 logger = logging.getLogger("benchmark")
 
@@ -154,25 +154,12 @@ STAGES = {
 }
 
 
-def llama_config(size: Size, vocab_size: int) -> LlamaConfig:
+def benchmark_llama_config(size: Size, vocab_size: int) -> LlamaConfig:
     """LLaMA-7B/13B's shape (vocabulary 32000), or the tiny LLM of ``tools/make_tiny_weights.py``
     (vocabulary = the tokenizer's)."""
-    shape = size.llm or {
-        "hidden_size": _TINY.llm_hidden_size,
-        "num_hidden_layers": _TINY.llm_layers,
-        "num_attention_heads": _TINY.llm_heads,
-        "intermediate_size": _TINY.llm_intermediate_size,
-    }
-    return LlamaConfig(
-        vocab_size=32000 if size.llm else vocab_size,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-6,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-        **shape,
-    )
+    if size.llm:
+        return llama_config(32000, 2048, **size.llm)
+    return llama_config(vocab_size, 2048, **tiny_llm_shape(_TINY))
 
 
 def make_tokenizer(folder: Path) -> Any:
@@ -207,7 +194,7 @@ def build_model(
         "llm_precision": precision,
     }
     with torch.device(device):
-        return MiniGPT4.build(cfg, llama_config(arch, len(tokenizer)), tokenizer)
+        return MiniGPT4.build(cfg, benchmark_llama_config(arch, len(tokenizer)), tokenizer)
 
 
 def photos() -> list[Image.Image]:

@@ -235,23 +235,34 @@ def write_tokenizer(folder: Path, vocab_size: int, seed: int) -> int:
     return spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
 
 
-def write_llama(spec: TinySpec, folder: Path, generator: torch.Generator) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = write_tokenizer(folder, spec.vocab_size, spec.seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=spec.llm_hidden_size,
-        intermediate_size=spec.llm_intermediate_size,
-        num_hidden_layers=spec.llm_layers,
-        num_attention_heads=spec.llm_heads,
-        max_position_embeddings=512,
+def llama_config(vocab_size: int, max_position_embeddings: int, **shape: int) -> LlamaConfig:
+    """A LLaMA/Vicuna config of the given ``shape`` (``hidden_size``, ``intermediate_size``,
+    ``num_hidden_layers``, ``num_attention_heads``) with LLaMA's norm epsilon and special ids."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=max_position_embeddings,
         rms_norm_eps=1e-6,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
         tie_word_embeddings=False,
+        **shape,
     )
-    llama = LlamaForCausalLM(config)
+
+
+def tiny_llm_shape(spec: TinySpec) -> dict[str, int]:
+    return {
+        "hidden_size": spec.llm_hidden_size,
+        "intermediate_size": spec.llm_intermediate_size,
+        "num_hidden_layers": spec.llm_layers,
+        "num_attention_heads": spec.llm_heads,
+    }
+
+
+def write_llama(spec: TinySpec, folder: Path, generator: torch.Generator) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = write_tokenizer(folder, spec.vocab_size, spec.seed)
+    llama = LlamaForCausalLM(llama_config(vocab, 512, **tiny_llm_shape(spec)))
     randomize(llama, generator)
     llama.save_pretrained(folder, max_shard_size="200KB")
 
