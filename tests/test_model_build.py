@@ -73,8 +73,11 @@ def test_full_size_architecture_is_the_reference_one(full_model):
     assert full_model.llama_model.config._attn_implementation == "sdpa"
 
 
-def test_fp16_vit_keeps_norms_embeddings_and_biases_fp32(full_model):
-    """vit_precision fp16 (the default) halves Linear/Conv weights only, as the reference."""
+def test_fp16_vit_keeps_norms_embeddings_and_biases_fp32(tokenizer):
+    """vit_precision fp16 (what auto gives on an accelerator) halves Linear/Conv weights only, as the
+    reference."""
+    with torch.device("meta"):
+        full_model = MiniGPT4.build({"vit_precision": "fp16"}, LlamaConfig(**LLAMA_7B), tokenizer)
     vit = full_model.visual_encoder
     block = vit.blocks[0]
     assert block.attn.qkv.weight.dtype == torch.float16
@@ -87,11 +90,6 @@ def test_fp16_vit_keeps_norms_embeddings_and_biases_fp32(full_model):
     assert full_model.ln_vision.weight.dtype == torch.float32
     assert next(full_model.Qformer.parameters()).dtype == torch.float32
     assert full_model.llama_proj.weight.dtype == torch.float32
-
-
-def test_llm_precision_auto_is_fp32_without_accelerator(full_model):
-    assert full_model.llama_model.dtype == torch.float32
-    assert full_model.llm_dtype == torch.float32
 
 
 def test_build_directly_on_a_device_with_precision_keys(tokenizer):
@@ -126,7 +124,9 @@ def test_config_rejects_unknown_keys_and_wrong_types():
 def test_config_defaults_are_the_reference_ones():
     cfg = model_config({})
     assert (cfg.image_size, cfg.num_query_token, cfg.max_txt_len, cfg.end_sym) == (224, 32, 32, "\n")
-    assert (cfg.vit_precision, cfg.freeze_vit, cfg.freeze_qformer, cfg.low_resource) == ("fp16", True, True, False)
+    assert (cfg.freeze_vit, cfg.freeze_qformer, cfg.low_resource, cfg.device_8bit) == (True, True, False, 0)
+    # the reference's fp16 on an accelerator, fp32 on a CPU (tests/test_model_precision.py)
+    assert cfg.vit_precision == cfg.llm_precision == "auto"
     assert cfg.q_former_model.endswith("blip2_pretrained_flant5xxl.pth")
     assert cfg.vit_weights.endswith("eva_vit_g.pth")
     with pytest.raises(Exception, match="read-only"):

@@ -43,7 +43,8 @@ class QFormerArch:
 
 @dataclass
 class ModelConfig:
-    """``model:`` of a YAML file. Defaults are the reference's ``MiniGPT4.from_config`` defaults.
+    """``model:`` of a YAML file. Defaults are the reference's ``MiniGPT4.from_config`` defaults
+    (``vit_precision: auto`` is the reference's fp16 wherever the reference could run).
 
     Weight locations (``vit_weights``, ``q_former_model``, ``ckpt``) are local paths or URLs; a URL
     (``https://``, ``file://``) is downloaded once into ``$MINIGPT4_CACHE_DIR`` (default
@@ -64,13 +65,18 @@ class ModelConfig:
     image_size: int = 224
     drop_path_rate: float = 0.0
     use_grad_checkpoint: bool = False
-    # Storage dtype of the ViT's Linear and Conv weights (fp16, bf16 or fp32); LayerNorms,
-    # cls_token, pos_embed, q/v biases and ln_vision stay fp32. With fp16/bf16 the vision side,
-    # the Q-Former and llama_proj run under autocast in that dtype, as the reference does.
-    vit_precision: str = "fp16"
-    # Dtype of the LLM weights (fp16, bf16 or fp32; new key). ``auto``: fp16, as the reference,
-    # where a CUDA GPU or an Ascend NPU is present, fp32 on a machine with neither. With fp16/bf16
-    # the LLM runs under autocast in that dtype.
+    # Storage dtype of the ViT's Linear and Conv weights: fp16, bf16, fp32 or auto. LayerNorms,
+    # cls_token, pos_embed, q/v biases and ln_vision stay fp32. With fp16/bf16 the vision tower and
+    # the Q-Former run under autocast in that dtype, as the reference does; fp32 computes in fp32
+    # (the reference still autocast its fp32 ViT to fp16 on a GPU). ``auto`` (new value, the
+    # default) is the reference's fp16 on a CUDA GPU or an Ascend NPU and fp32 on a CPU, so that a
+    # CPU computes in fp32 unless configured otherwise. The device is the one the model is built
+    # for (``MiniGPT4.from_config(cfg, device)``), else the machine's (cuda, then npu, then cpu).
+    # With ``low_resource`` the vision tower runs on the CPU in fp32 whatever this says.
+    vit_precision: str = "auto"
+    # Dtype of the LLM weights (fp16, bf16 or fp32; new key). ``auto``: bf16 where the accelerator
+    # supports it, else fp16 (the reference's), and fp32 on a CPU; the device is chosen as for
+    # ``vit_precision``. With fp16/bf16 the LLM (and llama_proj) run under autocast in that dtype.
     llm_precision: str = "auto"
     freeze_vit: bool = True
     freeze_qformer: bool = True
@@ -83,7 +89,8 @@ class ModelConfig:
     prompt_template: str = ""
     max_txt_len: int = 32
     end_sym: str = "\n"
-    # 8-bit LLM (bitsandbytes, CUDA only) on GPU ``device_8bit``, vision tower on the CPU.
+    # 8-bit LLM (bitsandbytes, CUDA only) on GPU ``device_8bit``, vision tower on the CPU in fp32,
+    # as the reference's demo; ``model.to(device)`` then moves the Q-Former and llama_proj only.
     low_resource: bool = False
     device_8bit: int = 0
     # A MiniGPT-4 checkpoint (``{'model': ...}``) loaded last: the released projection file or a

@@ -3,6 +3,13 @@
 The model comes from ``model:`` (``registry.get_model_class(arch).from_config``) and the image
 processor from ``datasets.cc_sbu_align.vis_processor.train``, as in the reference's demo (the eval
 configs name ``blip2_image_eval`` there).
+
+The Ascend generation edits (``transformers_modify``) are switched on here: always on an NPU, and
+on any other device with ``--patch-generation``. They are deliberately not a YAML key: they patch
+transformers for the whole process, so they belong to the process that generates, not to a model
+config that training reads as well; off an NPU they serve only to reproduce the NPU's decoding,
+a one-off choice for the command line rather than a setting that would travel with a config file
+and silently change every GPU user's decoding; and one switch needs no precedence rule.
 """
 
 from __future__ import annotations
@@ -60,7 +67,9 @@ def build_chat(
     if "cc_sbu_align" not in cfg.datasets_cfg or cfg.datasets_cfg.cc_sbu_align.vis_processor.train is None:
         raise ValueError(f"{cfg_path}: the image processor is read from datasets.cc_sbu_align.vis_processor.train")
     logger.info("Initializing Chat")
-    model = registry.get_model_class(cfg.model_cfg.arch).from_config(cfg.model_cfg).to(device).eval()
+    # Built for the device (which decides the `auto` precisions) and moved there; with low_resource
+    # the vision tower stays on the CPU and the 8-bit LLM on its GPU (see MiniGPT4._apply).
+    model = registry.get_model_class(cfg.model_cfg.arch).from_config(cfg.model_cfg, device).eval()
     processor_cfg = cfg.datasets_cfg.cc_sbu_align.vis_processor.train
     vis_processor = registry.get_processor_class(processor_cfg.name).from_config(processor_cfg)
     chat = Chat(model, vis_processor, device=device)

@@ -9,6 +9,11 @@ loaders, in the reference's order: the ViT (``vit_weights``), the BLIP-2 Q-Forme
 (``q_former_model``), the LLM (``llama_model``), and the MiniGPT-4 checkpoint (``ckpt``) if set.
 ``MiniGPT4.build(cfg, llama_config, llama_tokenizer)`` builds without any weight file, on the
 current default device (``with torch.device("meta")`` for counting parameters of the full model).
+
+Precision is decided by the device the model runs on (``vit_precision``/``llm_precision: auto``):
+half precision on an accelerator, as the reference, and fp32 on a CPU. In ``low_resource`` mode
+the parts have fixed places: the vision tower on the CPU in fp32, the 8-bit LLM on GPU
+``device_8bit``; moving the model moves the Q-Former, the query tokens and ``llama_proj`` only.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -73,11 +78,30 @@ def _precision(value: str, key: str) -> torch.dtype:
         raise ValueError(f"model.{key}: {error}") from error
 
 
-def llm_dtype(cfg: DictConfig) -> torch.dtype:
-    """``llm_precision`` as a dtype; ``auto`` is the accelerator's mixed-precision dtype (bf16
-    where supported, else fp16 as the reference) and fp32 on a CPU-only machine."""
+def run_device(device: torch.device | str | None) -> torch.device:
+    """The device the ``auto`` precisions are chosen for: ``device``, else the machine's first
+    accelerator (cuda, then npu), else the CPU."""
+    return torch.device(device) if device is not None else resolve_device("auto")
+
+
+def vit_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
+    """``vit_precision`` as a dtype for a model running on ``device``. ``auto`` is the reference's
+    fp16 on an accelerator and fp32 on a CPU (where the reference could not run its fp16 ViT at
+    all). ``low_resource`` runs the vision tower on the CPU in fp32 whatever the key says, as the
+    reference's ``vit_to_cpu`` did."""
+    if cfg.vit_precision == "auto":
+        dtype = torch.float32 if device.type == "cpu" else torch.float16
+    else:
+        dtype = _precision(cfg.vit_precision, "vit_precision")
+    return torch.float32 if cfg.low_resource else dtype
+
+
+def llm_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
+    """``llm_precision`` as a dtype for a model running on ``device``; ``auto`` is the
+    accelerator's mixed-precision dtype (bf16 where supported, else fp16 as the reference) and
+    fp32 on a CPU."""
     if cfg.llm_precision == "auto":
-        return autocast_dtype(resolve_device("auto")) or torch.float32
+        return autocast_dtype(device) or torch.float32
     return _precision(cfg.llm_precision, "llm_precision")
 
 
@@ -104,6 +128,16 @@ def read_prompts(prompt_path: str, prompt_template: str) -> list[str]:
     return prompts
 
 
+def _check_llm_is_on(llm_device: torch.device, target: torch.device) -> None:
+    """In low_resource mode the 8-bit LLM stays where it was loaded (``device_8bit``); the rest of
+    the model must run on the same GPU, or the text and image embeddings meet on two devices."""
+    if llm_device.type != target.type or target.index not in (None, llm_device.index):
+        raise ValueError(
+            f"low_resource: the 8-bit LLM was loaded onto {llm_device} (model.device_8bit) but the model is to "
+            f"run on {target}; set model.device_8bit to the index of the run device"
+        )
+
+
 def _grad(enabled: bool) -> contextlib.AbstractContextManager:
     """No autograd graph for parts that nothing upstream of the loss trains."""
     return contextlib.nullcontext() if enabled else torch.no_grad()
@@ -122,6 +156,9 @@ class LLMInputs:
 @registry.register_model("mini_gpt4")
 class MiniGPT4(nn.Module):
     PRETRAINED_MODEL_CONFIG_DICT: ClassVar[dict[str, str]] = {"pretrain_vicuna": "configs/models/minigpt4.yaml"}
+    # In low_resource mode these stay where they are when the model is moved or cast: the vision
+    # tower on the CPU in fp32, the 8-bit LLM where bitsandbytes quantized it.
+    LOW_RESOURCE_PINNED: ClassVar[tuple[str, ...]] = ("visual_encoder", "ln_vision", "llama_model")
 
     def __init__(
         self,
@@ -129,18 +166,20 @@ class MiniGPT4(nn.Module):
         llama_model: LlamaForCausalLM,
         llama_tokenizer: PreTrainedTokenizerBase,
         prompt_list: list[str],
+        device: torch.device,
     ) -> None:
-        """Use :meth:`from_config` (with weights) or :meth:`build` (without)."""
+        """Use :meth:`from_config` (with weights) or :meth:`build` (without). ``device`` is where the
+        model will run, which decides the ``auto`` precisions."""
         super().__init__()
         if cfg.vit_model != "eva_clip_g":
             raise ValueError(
                 f"model.vit_model: '{cfg.vit_model}' is not supported; the only vision model is eva_clip_g"
             )
-        self.vit_dtype = _precision(cfg.vit_precision, "vit_precision")
-        self.llm_dtype = llm_dtype(cfg)
+        self.low_resource = cfg.low_resource
+        self.vit_dtype = vit_dtype(cfg, device)
+        self.llm_dtype = llm_dtype(cfg, device)
         self.freeze_vit = cfg.freeze_vit
         self.freeze_qformer = cfg.freeze_qformer
-        self.low_resource = cfg.low_resource
 
         self.visual_encoder = build_eva_vit(
             cfg.vit_arch, cfg.image_size, cfg.drop_path_rate, cfg.use_grad_checkpoint, self.vit_dtype
@@ -183,23 +222,33 @@ class MiniGPT4(nn.Module):
         llama_tokenizer: PreTrainedTokenizerBase,
     ) -> MiniGPT4:
         """The model with random weights, built on the current default device; reads only the
-        prompt file (``prompt_path``) if one is configured."""
+        prompt file (``prompt_path``) if one is configured. ``auto`` precisions are chosen for the
+        machine's first accelerator, else the CPU."""
         cfg = model_config(cfg)
-        llama = build_llama(llama_config, llm_dtype(cfg))
-        return cls(cfg, llama, llama_tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template))
+        device = run_device(None)
+        llama = build_llama(llama_config, llm_dtype(cfg, device))
+        return cls(cfg, llama, llama_tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), device)
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | DictConfig | ModelConfig) -> MiniGPT4:
-        """Build from the ``model:`` config, then load every weight file it names."""
+    def from_config(
+        cls, cfg: Mapping[str, Any] | DictConfig | ModelConfig, device: torch.device | str | None = None
+    ) -> MiniGPT4:
+        """Build from the ``model:`` config, then load every weight file it names.
+
+        ``device`` is where the model will run: the ``auto`` precisions are chosen for it and the
+        model is returned there. Without it the model stays on the CPU, as the reference's did, and
+        the ``auto`` precisions are chosen for the machine's first accelerator, else the CPU.
+        """
         cfg = model_config(cfg)
+        target = run_device(device)
         folder = llama_folder(cfg.llama_model)
         tokenizer = load_llama_tokenizer(folder)
-        dtype = llm_dtype(cfg)
+        dtype = llm_dtype(cfg, target)
         # The LLM is loaded by transformers' from_pretrained (the one path for sharded folders and
         # 8-bit quantisation); until then a weightless stand-in of the same config holds its place.
         with torch.device("meta"):
             stand_in = build_llama(read_llama_config(folder), dtype)
-        model = cls(cfg, stand_in, tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template))
+        model = cls(cfg, stand_in, tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), target)
         logger.info("Loading VIT")
         load_eva_vit(model.visual_encoder, resolve_weights(cfg.vit_weights, "vit_weights"))
         logger.info("Loading Q-Former")
@@ -209,6 +258,10 @@ class MiniGPT4(nn.Module):
         if cfg.ckpt:
             logger.info("Load BLIP2-LLM Checkpoint: %s", cfg.ckpt)
             load_minigpt4_checkpoint(model, resolve_weights(cfg.ckpt, "ckpt"))
+        if device is not None:
+            if cfg.low_resource:
+                _check_llm_is_on(model.llama_model.get_input_embeddings().weight.device, target)
+            model.to(target)
         return model
 
     # --- modes --------------------------------------------------------------------------------
@@ -228,6 +281,19 @@ class MiniGPT4(nn.Module):
             module.eval()
         return self
 
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> MiniGPT4:
+        """What ``to``, ``cuda``, ``half`` ... do to every tensor. In ``low_resource`` mode the
+        vision tower and the 8-bit LLM are left out, so that ``model.to(device)`` (the reference's
+        demo, ``Chat`` set-up, the runner) neither moves the CPU vision tower onto the GPU nor
+        moves or casts the bitsandbytes weights, whose quantization state a plain move would leave
+        behind."""
+        if not (self.low_resource and recurse):
+            return super()._apply(fn, recurse)
+        for name, child in self.named_children():
+            if name not in self.LOW_RESOURCE_PINNED:
+                child._apply(fn)
+        return super()._apply(fn, recurse=False)  # query_tokens and this module's own buffers
+
     # --- forward ------------------------------------------------------------------------------
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
@@ -237,16 +303,11 @@ class MiniGPT4(nn.Module):
     def encode_img(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) images -> LLM-space query embeddings (B, Q, H) and their mask (B, Q) long."""
         device = image.device
-        amp_dtype = self.vit_dtype
         if self.low_resource:
-            # As the reference: the vision tower runs in fp32 on the CPU, next to the 8-bit LLM.
-            self.visual_encoder.to("cpu", torch.float32)
-            self.ln_vision.to("cpu")
-            image = image.to("cpu")
-            amp_dtype = torch.float32
-        with autocast(image.device, amp_dtype), _grad(not self.freeze_vit):
+            image = image.to("cpu")  # the vision tower's place (fp32, so no autocast there)
+        with autocast(image.device, self.vit_dtype), _grad(not self.freeze_vit):
             image_embeds = self.ln_vision(self.visual_encoder.forward_features(image)).to(device)  # (B, 1+N, W)
-        with autocast(device, amp_dtype), _grad(not (self.freeze_vit and self.freeze_qformer)):
+        with autocast(device, self.vit_dtype), _grad(not (self.freeze_vit and self.freeze_qformer)):
             query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)  # (B, Q, D)
             query_output = self.Qformer(query_embeds=query_tokens, encoder_hidden_states=image_embeds)
         # The projection feeds the LLM, so it runs (and receives its gradient) in the LLM's precision.
