@@ -179,23 +179,53 @@ def test_blip2_discards_exactly_the_known_unused_parts(blip2_file):
         "Qformer.bert.encoder.layer.N.output.dense",
         "Qformer.bert.encoder.layer.N.output.LayerNorm",
         "t5_proj",
-        "visual_encoder",
-        "visual_encoder.patch_embed.proj",
-        "visual_encoder.blocks.N.norm1",
-        "visual_encoder.blocks.N.norm2",
-        "visual_encoder.blocks.N.attn",
-        "visual_encoder.blocks.N.attn.qkv",
-        "visual_encoder.blocks.N.attn.proj",
-        "visual_encoder.blocks.N.mlp.fc1",
-        "visual_encoder.blocks.N.mlp.fc2",
     }
     assert not is_discarded_blip2_key("Qformer.bert.encoder.layer.0.output_query.dense.weight")
     assert not is_discarded_blip2_key("Qformer.bert.encoder.layer.0.intermediate_query.dense.weight")
+    assert not is_discarded_blip2_key("visual_encoder.cls_token")  # loaded (see below)
 
 
 def write_blip2(path: Path, state: dict[str, torch.Tensor]) -> Path:
     torch.save({"model": state}, path)
     return path
+
+
+def test_a_vision_tower_in_the_blip2_file_replaces_the_eva_one(golden_dir: Path, tmp_path: Path, blip2_file, caplog):
+    """As the reference: its non-strict load of the BLIP-2 file came after the ViT's and overwrote
+    whatever vision weights the file held (the golden file's equal the eva file's)."""
+    changed = {key: value + 1.0 if key.startswith("visual_encoder.") else value for key, value in blip2_file.items()}
+    changed["visual_encoder.blocks.2.norm1.weight"] = torch.ones(64)  # beyond the depth: ignored
+    model = build_golden(golden_dir)
+    load_eva_vit(model.visual_encoder, golden_dir / "eva_vit_tiny.pth")
+    with caplog.at_level(logging.INFO, logger="minigpt4.models"):
+        load_blip2_qformer(model, write_blip2(tmp_path / "with_vit.pth", changed))
+    assert "also holds the vision tower" in caplog.text
+    for key, value in model.visual_encoder.state_dict().items():
+        assert torch.equal(value, changed[f"visual_encoder.{key}"]), key
+
+
+def test_a_blip2_file_without_a_vision_tower_leaves_the_eva_one(golden_dir: Path, tmp_path: Path, blip2_file):
+    """The released file: its vision tower comes from vit_weights alone."""
+    released = {key: value for key, value in blip2_file.items() if not key.startswith("visual_encoder.")}
+    model = build_golden(golden_dir)
+    load_eva_vit(model.visual_encoder, golden_dir / "eva_vit_tiny.pth")
+    before = {key: value.clone() for key, value in model.visual_encoder.state_dict().items()}
+    load_blip2_qformer(model, write_blip2(tmp_path / "released.pth", released))
+    assert all(torch.equal(value, before[key]) for key, value in model.visual_encoder.state_dict().items())
+
+
+def test_a_vision_tower_in_the_blip2_file_must_fit(golden_dir: Path, tmp_path: Path, blip2_file):
+    odd = {
+        **blip2_file,
+        "visual_encoder.cls_token": torch.zeros(1, 1, 32),
+        "visual_encoder.head.weight": torch.zeros(1),
+    }
+    model = build_golden(golden_dir)
+    with pytest.raises(WeightLoadError) as error:
+        load_blip2_qformer(model, write_blip2(tmp_path / "odd.pth", odd))
+    assert "the vision tower in the BLIP-2 file" in str(error.value)
+    assert "the file holds a ViT of width 32; vit_arch.embed_dim is 64" in str(error.value)
+    assert re.search(r"unexpected .*: head\.weight", str(error.value))
 
 
 def test_blip2_errors_name_the_keys_in_the_files_own_names(golden_dir: Path, tmp_path: Path, blip2_file):

@@ -21,7 +21,7 @@ from timm.models.eva import Eva
 from torch import nn
 
 from minigpt4.common.schema import VitArch
-from minigpt4.models.loaders import WeightLoadError, load_strict, torch_load
+from minigpt4.models.loaders import WeightLoadError, check_state_dict, load_strict, torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,32 @@ def interpolate_pos_embed(state_dict: dict[str, torch.Tensor], vit: Eva) -> dict
     return {**state_dict, "pos_embed": resized}
 
 
+def explain_vit_shape(key: str, have: tuple[int, ...], want: tuple[int, ...]) -> str | None:
+    """Shape mismatches of ViT weights in words."""
+    if have[-1] != want[-1] and key in ("cls_token", "pos_embed"):
+        return f"the file holds a ViT of width {have[-1]}; vit_arch.embed_dim is {want[-1]}"
+    if key == "patch_embed.proj.weight" and have[2:] != want[2:]:
+        return f"the file was trained with {have[-1]}-pixel patches; vit_arch.patch_size is {want[-1]}"
+    if key.endswith("mlp.fc1.weight") and have[0] != want[0]:
+        return f"the file's MLP is {have[0]} wide; vit_arch.mlp_ratio gives {want[0]}"
+    return None
+
+
+def drop_deeper_blocks(state_dict: dict[str, torch.Tensor], depth: int, source: object) -> dict[str, torch.Tensor]:
+    """The entries of ``state_dict`` without those of blocks ``depth`` and beyond: the reference
+    uses 39 of EVA-CLIP-g's 40 layers and its non-strict load skipped the rest."""
+    kept, dropped = {}, []
+    for key, value in state_dict.items():
+        match = _BLOCK_KEY.match(key)
+        if match and int(match.group(1)) >= depth:
+            dropped.append(key)
+        else:
+            kept[key] = value
+    if dropped:
+        logger.info("%s: ignoring %d keys of blocks beyond the model's depth %d", source, len(dropped), depth)
+    return kept
+
+
 def load_eva_vit(vit: Eva, path: Path) -> None:
     """Load an ``eva_vit_g.pth``-format file (a flat state dict) into ``vit``.
 
@@ -109,26 +135,18 @@ def load_eva_vit(vit: Eva, path: Path) -> None:
             f"{path} is not an eva_vit_g.pth-format file (a flat state dict with 'pos_embed', "
             f"'cls_token', 'blocks.N...'); it holds {keys}"
         )
-    depth = len(vit.blocks)
-    kept, dropped = {}, []
-    for key, value in state_dict.items():
-        match = _BLOCK_KEY.match(key)
-        if match and int(match.group(1)) >= depth:
-            dropped.append(key)
-        else:
-            kept[key] = value
-    if dropped:
-        logger.info("%s: ignoring %d keys of blocks beyond the model's depth %d", path, len(dropped), depth)
-    kept = interpolate_pos_embed(kept, vit)
-    width = vit.embed_dim
+    kept = interpolate_pos_embed(drop_deeper_blocks(state_dict, len(vit.blocks), path), vit)
+    load_strict(vit, kept, f"the EVA ViT weights {path}", explain_vit_shape)
 
-    def explain(key: str, have: tuple[int, ...], want: tuple[int, ...]) -> str | None:
-        if have[-1] != want[-1] and key in ("cls_token", "pos_embed"):
-            return f"the file holds a ViT of width {have[-1]}; vit_arch.embed_dim is {width}"
-        if key == "patch_embed.proj.weight" and have[2:] != want[2:]:
-            return f"the file was trained with {have[-1]}-pixel patches; vit_arch.patch_size is {want[-1]}"
-        if key.endswith("mlp.fc1.weight") and have[0] != want[0]:
-            return f"the file's MLP is {have[0]} wide; vit_arch.mlp_ratio gives {want[0]}"
-        return None
 
-    load_strict(vit, kept, f"the EVA ViT weights {path}", explain)
+def load_vit_copy(vit: Eva, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    """Load vision-tower weights found in another file (the ``visual_encoder.*`` entries of a
+    BLIP-2 file, prefix removed) over those ``vit`` holds, as the reference's non-strict load of
+    that file did. Any subset of the keys may be present; each must fit, except that ``pos_embed``
+    is interpolated as in :func:`load_eva_vit` (where the reference failed on the size)."""
+    kept = drop_deeper_blocks(state_dict, len(vit.blocks), what)
+    if "pos_embed" in kept:
+        kept = interpolate_pos_embed(kept, vit)
+    expected = vit.state_dict()
+    check_state_dict(expected, kept, what, explain_vit_shape, optional=expected)
+    vit.load_state_dict(kept, strict=False)

@@ -9,7 +9,9 @@ Only the names differ, and :func:`blip2_to_ours` maps them.
 
 ``load_blip2_qformer`` reads a ``blip2_pretrained_flant5xxl.pth``-format file (``{'model': ...}``)
 into a model's ``Qformer``, ``query_tokens`` and ``ln_vision``, drops the file's known-unused
-parts by name, and fails on anything else.
+parts by name, and fails on anything else. A vision tower in the file (``visual_encoder.*``; the
+released file reportedly has none) replaces the ``vit_weights`` one, as the reference's non-strict load of
+this file after the ViT's did.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from minigpt4.common.schema import QFormerArch
+from minigpt4.models.eva_vit import load_vit_copy
 from minigpt4.models.loaders import WeightLoadError, check_state_dict, torch_load
 
 logger = logging.getLogger(__name__)
@@ -41,9 +44,8 @@ DISCARDED_BLIP2_KEYS = (
     re.compile(r"^Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\."),
     # the projection into FlanT5, replaced by llama_proj
     re.compile(r"^t5_proj\."),
-    # copies of the vision tower: its weights come from the eva_vit_g.pth file
-    re.compile(r"^visual_encoder\."),
 )
+VISION_PREFIX = "visual_encoder."
 
 # Reference (BERT) name -> Blip2QFormerModel name, applied in order to a name under ``Qformer.``.
 _RENAMES = (
@@ -126,7 +128,8 @@ def explain_qformer_shape(key: str, have: tuple[int, ...], want: tuple[int, ...]
 
 
 def load_blip2_qformer(model: nn.Module, path: Path) -> None:
-    """Load ``Qformer``, ``query_tokens`` and ``ln_vision`` of ``model`` from a BLIP-2 checkpoint.
+    """Load ``Qformer``, ``query_tokens`` and ``ln_vision`` of ``model`` from a BLIP-2 checkpoint,
+    and its vision tower too where the file holds one (after ``load_eva_vit``, as the reference).
 
     Errors name keys as the file does (``Qformer.bert...``), so that they can be looked up in it.
     """
@@ -138,6 +141,11 @@ def load_blip2_qformer(model: nn.Module, path: Path) -> None:
     used = {key: value for key, value in checkpoint["model"].items() if not is_discarded_blip2_key(key)}
     discarded = len(checkpoint["model"]) - len(used)
     logger.info("%s: discarding %d keys MiniGPT-4 does not use (text branch, t5_proj, ...)", path, discarded)
+    vision = {key[len(VISION_PREFIX) :]: value for key, value in used.items() if key.startswith(VISION_PREFIX)}
+    qformer = {key: value for key, value in used.items() if not key.startswith(VISION_PREFIX)}
     expected = {ours_to_blip2(key): value for key, value in blip2_part(model.state_dict()).items()}
-    check_state_dict(expected, used, f"the BLIP-2 Q-Former weights {path}", explain_qformer_shape)
-    model.load_state_dict({blip2_to_ours(key): value for key, value in used.items()}, strict=False)
+    check_state_dict(expected, qformer, f"the BLIP-2 Q-Former weights {path}", explain_qformer_shape)
+    if vision:
+        logger.info("%s also holds the vision tower (%d tensors): they replace the vit_weights ones", path, len(vision))
+        load_vit_copy(model.visual_encoder, vision, f"the vision tower in the BLIP-2 file {path}")
+    model.load_state_dict({blip2_to_ours(key): value for key, value in qformer.items()}, strict=False)
