@@ -177,3 +177,19 @@ def test_each_row_stops_on_its_own(chat):
     assert stopped[0, :end].tolist() == free[0, :end].tolist()
     assert set(stopped[0, end:].tolist()) == {0}  # row 0 is padded after its stop
     assert set(free[0, end:].tolist()) != {0}
+
+
+def test_a_failed_answer_leaves_the_conversation_as_it_was(chat, golden_dir, monkeypatch):
+    conv, img_list = start(chat, str(golden_dir / "chelsea.jpg"))
+    before = [list(m) for m in conv.messages]
+
+    def broken(**_kwargs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(chat.model.llama_model, "generate", broken)
+    with pytest.raises(RuntimeError, match="device lost"):
+        chat.answer(conv, img_list, **GREEDY)
+    assert conv.messages == before
+    with pytest.raises(RuntimeError, match="device lost"):
+        list(chat.stream_answer(conv, img_list, **GREEDY))
+    assert conv.messages == before

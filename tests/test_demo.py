@@ -133,3 +133,23 @@ def test_each_user_has_a_conversation(app, golden_dir):
     assert bob.predict("Is there a cat?", api_name="/ask")[-1] == MSG_ASK_AFTER_IMAGE
     _, chatbot, status = alice.predict("Is there a cat?", api_name="/ask")
     assert status == "" and texts(chatbot) == [("user", "Is there a cat?")]
+
+
+def test_a_failed_answer_takes_back_the_question_and_keeps_the_image(app, chat, golden_dir, monkeypatch):
+    user = client(app)
+    user.predict(handle_file(str(golden_dir / "chelsea.jpg")), api_name="/upload")
+    user.predict("What is in this image?", api_name="/ask")
+    real, calls = chat.stream_answer, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("device lost")
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(chat, "stream_answer", fails_once)
+    chatbot, status = user.predict(1, 1.0, api_name="/answer")
+    assert chatbot == [] and status == "The answer failed (RuntimeError: device lost). Please try again."
+    user.predict("What is in this image?", api_name="/ask")  # asked again, about the same image
+    chatbot, status = user.predict(1, 1.0, api_name="/answer")
+    assert status == "" and [role for role, _ in texts(chatbot)] == ["user", "assistant"]

@@ -471,7 +471,8 @@ class Chat:
         top_k: int = Decoding.top_k,
         do_sample: bool = Decoding.do_sample,
     ) -> tuple[str, Any]:
-        """Generates the Assistant's reply, stores it in ``conv`` and returns ``(text, token ids)``."""
+        """Generates the Assistant's reply, stores it in ``conv`` and returns ``(text, token ids)``.
+        If generation fails, ``conv`` is left as it was."""
         decoding = Decoding(
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
@@ -486,7 +487,11 @@ class Chat:
         )
         embs = self._prepare(conv, img_list, decoding)
         mask = torch.ones(embs.shape[:2], dtype=torch.long, device=embs.device)
-        out = self._generate(embs=embs, attention_mask=mask, decoding=decoding, stop=self.stop_criterion(conv.sep))
+        try:
+            out = self._generate(embs=embs, attention_mask=mask, decoding=decoding, stop=self.stop_criterion(conv.sep))
+        except BaseException:
+            conv.messages.pop()  # a failed answer leaves the conversation as it was
+            raise
         ids = self._strip_leading(out[0])
         text = postprocess_answer(self._decode(ids), conv.sep, conv.roles[1])
         conv.messages[-1][1] = text
@@ -539,6 +544,7 @@ class Chat:
             cancel.set()
             worker.join()
         if failure:
+            conv.messages.pop()  # a failed answer leaves the conversation as it was
             raise failure[0]
         final = conv.messages[-1][1] or ""
         if final != shown:

@@ -89,6 +89,16 @@ def has_question(conv: Conversation) -> bool:
     return role == conv.roles[0] and message not in (None, IMAGE_MESSAGE)
 
 
+def take_back_question(conv: Conversation) -> None:
+    """Removes the last question (after a failed answer). A first question was joined to the image
+    message (``Chat.ask``); the image message itself stays, so that the image still has its place."""
+    role, message = conv.messages[-1]
+    if message is not None and message.startswith(IMAGE_MESSAGE) and message != IMAGE_MESSAGE:
+        conv.messages[-1] = [role, IMAGE_MESSAGE]
+    else:
+        conv.messages.pop()
+
+
 def build_demo(
     chat: Chat,
     *,
@@ -139,15 +149,15 @@ def build_demo(
             "max_new_tokens": max_new_tokens,
             "max_length": max_length,
         }
-        dropped = chat.overflow(conv, img_list, **settings)
-        status = (
-            f"This conversation is longer than the model's context: its oldest {dropped} positions were "
-            "left out of this answer. Press **Restart** to start afresh."
-            if dropped
-            else ""
-        )
         before = [list(m) for m in conv.messages]
         try:
+            dropped = chat.overflow(conv, img_list, **settings)
+            status = (
+                f"This conversation is longer than the model's context: its oldest {dropped} positions were "
+                "left out of this answer. Press **Restart** to start afresh."
+                if dropped
+                else ""
+            )
             for text in chat.stream_answer(conv, img_list, **settings):
                 shown = chatbot_messages(conv)
                 if shown and shown[-1]["role"] == "assistant":
@@ -155,7 +165,8 @@ def build_demo(
                 yield shown, conv, status
         except Exception as err:  # the page must stay usable: undo the turn and say what happened
             logger.exception("answer failed")
-            conv.messages = before[:-1]
+            conv.messages = before
+            take_back_question(conv)
             yield chatbot_messages(conv), conv, f"The answer failed ({type(err).__name__}: {err}). Please try again."
 
     def reset() -> tuple[Any, ...]:
