@@ -18,6 +18,8 @@ from minigpt4.common.logger import setup_logger
 from minigpt4.conversation.demo_app import build_demo
 from minigpt4.conversation.launch import add_model_arguments, build_chat
 
+logger = logging.getLogger(__name__)
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Demo")
@@ -35,7 +37,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own requests to the page
     device = resolve_device(args.device, local_rank=args.gpu_id)
     chat = build_chat(args.cfg_path, args.options, device, args.patch_generation)
-    build_demo(chat).queue().launch(server_name=args.host, server_port=args.port, share=args.share)
+    logger.info(
+        "Serving on http://%s:%d%s",
+        args.host,
+        args.port,
+        "" if args.share or args.host != "127.0.0.1" else " (this machine only; --host 0.0.0.0 or --share to open it)",
+    )
+    # gradio's own banner would point at launch(share=True); the --share flag is this script's way.
+    demo = build_demo(chat).queue()
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=not args.share)
 
 
 if __name__ == "__main__":

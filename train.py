@@ -17,12 +17,13 @@ import datetime
 import logging
 import os
 import random
+import sys
 
 import numpy as np
 import torch
 
 import minigpt4  # noqa: F401  (registers every YAML name)
-from minigpt4.common.config import Config
+from minigpt4.common.config import Config, ConfigError
 from minigpt4.common.dist_utils import (
     broadcast_object,
     destroy_process_group,
@@ -32,6 +33,7 @@ from minigpt4.common.dist_utils import (
 )
 from minigpt4.common.logger import setup_logger
 from minigpt4.common.registry import registry
+from minigpt4.models.loaders import WeightLoadError
 from minigpt4.runners.runner_base import RunnerBase, setup_output_dir
 from minigpt4.tasks import setup_task
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> RunnerBase:
     cfg = Config(parse_args(argv))
     run_cfg = cfg.run_cfg
     setup_logger(int(os.environ.get("RANK", "0")))
-    init_distributed_mode(run_cfg.device, run_cfg.dist_url)
+    device = init_distributed_mode(run_cfg.device, run_cfg.dist_url)
     # One job id for all ranks (the reference let each rank read its own clock).
     job_id = broadcast_object(datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
     setup_seeds(run_cfg.seed + get_rank())
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> RunnerBase:
     runner_cls.check_config(run_cfg)
     cfg.pretty_print()
     datasets = task.build_datasets(cfg)
-    model = task.build_model(cfg)
+    model = task.build_model(cfg, device)
     runner = runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
     runner.train()
     return runner
@@ -82,5 +84,9 @@ def main(argv: list[str] | None = None) -> RunnerBase:
 if __name__ == "__main__":
     try:
         main()
+    except (ConfigError, FileNotFoundError, WeightLoadError) as error:
+        # A wrong key, path or weight file: one clear line (under torchrun, from every rank)
+        # instead of a traceback that buries it.
+        sys.exit(f"train.py: {error}")
     finally:
         destroy_process_group()

@@ -119,3 +119,23 @@ def test_plain_python_process(tmp_path):
     assert "train: step=3/3 " in result.stderr
     (job,) = (tmp_path / "out").iterdir()
     assert sorted(p.name for p in job.iterdir()) == ["checkpoint_0.pth", "log.txt"]
+
+
+def test_a_wrong_key_or_path_ends_the_script_with_one_line(tmp_path):
+    """The command line gets the message alone, not a traceback around it."""
+    for option, message in [
+        ("run.max_epochs=1", "unknown key 'run.max_epochs'"),
+        (f"model.ckpt={tmp_path / 'nowhere.pth'}", "model.ckpt: weight file"),
+    ]:
+        options = [*tiny_path_options(tiny_root(), ("laion", "cc_sbu")), "run.device=cpu", option]
+        options.append(f"run.output_dir={tmp_path / 'out'}")
+        result = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "train.py"), "--cfg-path", str(STAGE1_TINY), "--options", *options],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 1
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -52,8 +53,10 @@ class ImageTextPretrainTask:
         """``{name: {"train": dataset}}``; shard patterns that match nothing fail here."""
         return build_datasets(cfg.datasets_cfg)
 
-    def build_model(self, cfg: Any) -> nn.Module:
-        return registry.get_model_class(cfg.model_cfg.arch).from_config(cfg.model_cfg)
+    def build_model(self, cfg: Any, device: torch.device | None = None) -> nn.Module:
+        """The model, loaded; given the run's device, its ``auto`` precisions are chosen for that
+        device (``run.device: cpu`` on a GPU machine computes in fp32) and it is returned there."""
+        return registry.get_model_class(cfg.model_cfg.arch).from_config(cfg.model_cfg, device)
 
     def train_step(self, model: nn.Module, samples: dict[str, Any]) -> dict[str, Any]:
         """The model's output for one batch: ``loss`` and the LLM token counts (``tokens``,
