@@ -103,18 +103,27 @@ def test_an_unwritable_output_folder_fails_first(in_tiny_root, tmp_path):
         train.main(argv(STAGE1_TINY, f"run.output_dir={tmp_path / 'file' / 'out'}", "model.vit_weights=nowhere.pth"))
 
 
-@pytest.mark.slow
-def test_plain_python_process(tmp_path):
-    """One process without torchrun, although the tiny config says ``distributed: True``."""
-    options = [*tiny_path_options(tiny_root(), ("laion", "cc_sbu")), "run.device=cpu", "run.max_epoch=1"]
-    options += ["run.iters_per_epoch=3", "run.log_freq=1", f"run.output_dir={tmp_path / 'out'}"]
-    result = subprocess.run(
+def run_script(tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
+    """``python train.py`` on the tiny stage-1 config on the CPU, outputs under ``tmp_path``."""
+    options = (
+        *tiny_path_options(tiny_root(), ("laion", "cc_sbu")),
+        "run.device=cpu",
+        f"run.output_dir={tmp_path / 'out'}",
+        *options,
+    )
+    return subprocess.run(
         [sys.executable, str(REPO_ROOT / "train.py"), "--cfg-path", str(STAGE1_TINY), "--options", *options],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.slow
+def test_plain_python_process(tmp_path):
+    """One process without torchrun, although the tiny config says ``distributed: True``."""
+    result = run_script(tmp_path, "run.max_epoch=1", "run.iters_per_epoch=3", "run.log_freq=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train: step=3/3 " in result.stderr
     (job,) = (tmp_path / "out").iterdir()
@@ -127,15 +136,7 @@ def test_a_wrong_key_or_path_ends_the_script_with_one_line(tmp_path):
         ("run.max_epochs=1", "unknown key 'run.max_epochs'"),
         (f"model.ckpt={tmp_path / 'nowhere.pth'}", "model.ckpt: weight file"),
     ]:
-        options = [*tiny_path_options(tiny_root(), ("laion", "cc_sbu")), "run.device=cpu", option]
-        options.append(f"run.output_dir={tmp_path / 'out'}")
-        result = subprocess.run(
-            [sys.executable, str(REPO_ROOT / "train.py"), "--cfg-path", str(STAGE1_TINY), "--options", *options],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = run_script(tmp_path, option)
         assert result.returncode == 1
         assert message in result.stderr
         assert "Traceback" not in result.stderr
