@@ -11,7 +11,9 @@ import torch
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
-GOLDEN_DIR = TESTS_DIR / "assets" / "golden" / "parity_v1"
+# Every golden set (a folder with an expected.json, copied byte for byte from the reference runs);
+# the tests that use one run once per set.
+GOLDEN_SETS = sorted(path.parent for path in (TESTS_DIR / "assets" / "golden").glob("*/expected.json"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -35,6 +37,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs Debian's chromium (make browser-deps)"))
 
 
-@pytest.fixture(scope="session")
-def golden_dir() -> Path:
-    return GOLDEN_DIR
+@pytest.fixture(scope="session", params=GOLDEN_SETS, ids=[path.name for path in GOLDEN_SETS])
+def golden_dir(request: pytest.FixtureRequest) -> Path:
+    return request.param

@@ -1,4 +1,4 @@
-"""The golden parity model (tests/assets/golden/parity_v1), for every test that needs it.
+"""The golden parity model (a set under tests/assets/golden/), for every test that needs it.
 
 ``golden_model_config(golden_dir, **overrides)`` is a ``model:`` config pointing at the golden
 files with the golden architecture; ``build_golden_model(golden_dir, **overrides)`` builds it
@@ -9,6 +9,7 @@ nested ones are merged (``vit_arch={"depth": 3}`` keeps the other golden ViT siz
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,22 @@ from minigpt4.common.registry import registry
 from minigpt4.conversation.conversation import Chat
 from minigpt4.models.mini_gpt4 import MiniGPT4
 
-# The architecture of the parity_v1 set (its README, "Architecture of this set").
-GOLDEN_VIT_ARCH = {"patch_size": 14, "embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_ratio": 4.3637}
-GOLDEN_QFORMER_ARCH = {
-    "hidden_size": 64,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "intermediate_size": 128,
-    "cross_attention_freq": 2,
-}
+
+def golden_arch(golden_dir: Path) -> dict[str, Any]:
+    """The ``model:`` keys of a golden set's architecture, read from its expected.json (``arch``),
+    so that every golden set is built by the same code."""
+    arch = json.loads((Path(golden_dir) / "expected.json").read_text())["arch"]
+    vision, bert, extra = arch["vision"], arch["qformer_bert_config"], arch["qformer_extra"]
+    return {
+        "image_size": vision["img_size"],
+        "num_query_token": extra["query_length"],
+        "vit_arch": {key: vision[key] for key in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")},
+        "qformer_arch": {
+            **{key: bert[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads")},
+            "intermediate_size": bert["intermediate_size"],
+            "cross_attention_freq": extra["cross_attention_freq"],
+        },
+    }
 
 
 def golden_model_config(golden_dir: Path, **overrides: Any) -> DictConfig:
@@ -38,10 +46,7 @@ def golden_model_config(golden_dir: Path, **overrides: Any) -> DictConfig:
         "q_former_model": str(golden_dir / "blip2_tiny.pth"),
         "llama_model": str(golden_dir / "vicuna_tiny"),
         "ckpt": str(golden_dir / "minigpt4_tiny.pth"),
-        "image_size": 56,
-        "num_query_token": 8,
-        "vit_arch": dict(GOLDEN_VIT_ARCH),
-        "qformer_arch": dict(GOLDEN_QFORMER_ARCH),
+        **golden_arch(golden_dir),
         "vit_precision": "fp32",
         "llm_precision": "fp32",
     }
@@ -54,5 +59,7 @@ def build_golden_model(golden_dir: Path, **overrides: Any) -> MiniGPT4:
 
 def build_golden_chat(golden_dir: Path) -> Chat:
     """The chat engine on the golden model, with the eval processor at the golden image size."""
-    processor = registry.get_processor_class("blip2_image_eval").from_config({"image_size": 56})
+    processor = registry.get_processor_class("blip2_image_eval").from_config(
+        {"image_size": golden_arch(golden_dir)["image_size"]}
+    )
     return Chat(build_golden_model(golden_dir).eval(), processor, device="cpu")
