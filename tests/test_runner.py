@@ -17,7 +17,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import Dataset
 
 import minigpt4  # noqa: F401  (registers every name)
-from minigpt4.common.checkpoint import load_checkpoint
+from minigpt4.common.checkpoint import load_checkpoint, resume_checkpoint
 from minigpt4.common.schema import RunConfig
 from minigpt4.runners.runner_base import (
     NonFiniteLossError,
@@ -201,6 +201,24 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
     assert [h["step"] for h in from_middle.history] == [11, 12]
     assert [h["loss"] for h in from_middle.history] == [losses[11], losses[12]]
     assert torch.equal(from_middle.model.proj.weight, full.model.proj.weight)
+
+
+def test_resume_from_a_run_folder_takes_the_checkpoint_furthest_into_training(tmp_path):
+    keys = {"max_epoch": 2, "iters_per_epoch": 6, "checkpoint_interval": 2}
+    full = train(tmp_path, job_id="full", **keys)
+    losses = {h["step"]: h["loss"] for h in full.history}
+    out = tmp_path / "out" / "full"
+    # A run killed in epoch 1: checkpoint_0.pth (step 6) and checkpoint_last.pth (step 10) remain.
+    (out / "checkpoint_1.pth").unlink()
+    assert resume_checkpoint(out) == out / "checkpoint_last.pth"
+    resumed = train(tmp_path, job_id="resumed", resume_ckpt_path=str(out), **keys)
+    assert [h["step"] for h in resumed.history] == [11, 12]
+    assert [h["loss"] for h in resumed.history] == [losses[11], losses[12]]
+    (out / "checkpoint_last.pth").unlink()
+    assert resume_checkpoint(out) == out / "checkpoint_0.pth"
+    (out / "checkpoint_0.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint_"):
+        resume_checkpoint(out)
 
 
 def test_the_stream_restarted_at_each_checkpoint_reads_new_batches(tmp_path):

@@ -104,9 +104,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def resume_checkpoint(location: str | Path) -> Path:
+    """``run.resume_ckpt_path`` as a file: a checkpoint file as it is, or a run's output folder ->
+    the checkpoint in it that is furthest into training (``checkpoint_last.pth`` of a run killed
+    mid-epoch, else the last epoch's), so that a crashed run resumes with one setting."""
+    path = Path(location)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"run.resume_ckpt_path: checkpoint '{location}' does not exist")
+    candidates = sorted(path.glob("checkpoint_*.pth"))
+    if not candidates:
+        raise FileNotFoundError(f"run.resume_ckpt_path: the folder '{location}' holds no checkpoint_*.pth")
+
+    def position(candidate: Path) -> tuple[int, float]:
+        ckpt = load_checkpoint(candidate)
+        return ckpt["epoch"], ckpt.get("iters", float("inf"))  # the reference's mark whole epochs
+
+    return max(candidates, key=position)
+
+
 __all__ = [
     "load_checkpoint",
     "load_trainable_state_dict",
+    "resume_checkpoint",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",

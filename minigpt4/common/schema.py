@@ -178,6 +178,7 @@ class RunConfig:
     seed: int = 42
     output_dir: str = "output"
     amp: bool = False
+    # A checkpoint file, or a run's output folder: its checkpoint furthest into training.
     resume_ckpt_path: str | None = None
     evaluate: bool = False
     train_splits: list[str] = field(default_factory=lambda: ["train"])

@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from minigpt4.common.checkpoint import (
     load_checkpoint,
     load_trainable_state_dict,
+    resume_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -260,8 +261,9 @@ class RunnerBase:
 
         start_epoch, start_iter = 0, 0
         if run.resume_ckpt_path:
-            ckpt = load_checkpoint(run.resume_ckpt_path)
-            load_trainable_state_dict(model, ckpt["model"], run.resume_ckpt_path)
+            resume = resume_checkpoint(run.resume_ckpt_path)
+            ckpt = load_checkpoint(resume)
+            load_trainable_state_dict(model, ckpt["model"], str(resume))
             load_optimizer_state(optimizer, ckpt["optimizer"])
             if ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
@@ -270,12 +272,8 @@ class RunnerBase:
             if len(ckpt.get("rng") or []) == world_size:
                 set_rng_state(ckpt["rng"][rank], device)
             else:
-                logger.warning(
-                    "%s has no RNG state for %d ranks: random draws will differ", run.resume_ckpt_path, world_size
-                )
-            logger.info(
-                "Resume checkpoint from %s at epoch %d, iteration %d", run.resume_ckpt_path, start_epoch, start_iter
-            )
+                logger.warning("%s has no RNG state for %d ranks: random draws will differ", resume, world_size)
+            logger.info("Resume checkpoint from %s at epoch %d, iteration %d", resume, start_epoch, start_iter)
         if is_main_process():
             log_config(self.output_dir, self.config.to_dict())
         tensorboard = TensorBoard(self.output_dir / "tensorboard") if is_main_process() else None

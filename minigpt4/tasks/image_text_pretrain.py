@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from minigpt4.common.checkpoint import resume_checkpoint
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders import build_datasets
 from minigpt4.models.llm import llama_folder
@@ -35,7 +36,8 @@ class ImageTextPretrainTask:
     def check_inputs(self, cfg: Any) -> None:
         """Raise FileNotFoundError for the first configured local input that does not exist: the
         weight files (``ckpt`` only when set), the LLM folder, the prompt file (looked up in the
-        working directory, then the repository, as the model does) and the resume checkpoint."""
+        working directory, then the repository, as the model does) and the resume checkpoint (a file,
+        or a run folder holding one)."""
         model_cfg = cfg.model_cfg
         for key in WEIGHT_KEYS:
             location = model_cfg[key]
@@ -45,9 +47,8 @@ class ImageTextPretrainTask:
         prompt_path = model_cfg.prompt_path
         if prompt_path and not (Path(prompt_path).is_file() or (REPO_ROOT / prompt_path).is_file()):
             raise FileNotFoundError(f"model.prompt_path: '{prompt_path}' does not exist")
-        resume = cfg.run_cfg.resume_ckpt_path
-        if resume and not Path(resume).is_file():
-            raise FileNotFoundError(f"run.resume_ckpt_path: checkpoint '{resume}' does not exist")
+        if cfg.run_cfg.resume_ckpt_path:
+            resume_checkpoint(cfg.run_cfg.resume_ckpt_path)
 
     def build_datasets(self, cfg: Any) -> dict[str, dict[str, Dataset]]:
         """``{name: {"train": dataset}}``; shard patterns that match nothing fail here."""
