@@ -67,7 +67,7 @@ def check_ranks_agree_and_only_rank0_writes(tmp_path: Path, world_size: int) -> 
     for other in weights[1:]:
         assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])  # DDP kept the ranks in sync
     (job,) = (tmp_path / "out").iterdir()
-    assert sorted(p.name for p in job.iterdir()) == ["checkpoint_0.pth", "log.txt"]
+    assert sorted(p.name for p in job.iterdir()) == ["checkpoint_0.pth", "log.txt", "tensorboard"]
     saved = load_checkpoint(job / "checkpoint_0.pth")
     assert torch.equal(saved["model"]["llama_proj.weight"], weights[0]["llama_proj.weight"])
     assert len(saved["rng"]) == world_size  # every rank's generators, for an exact resume

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import Dataset
@@ -171,7 +172,14 @@ def test_training_learns_logs_and_checkpoints(tmp_path, caplog):
         "checkpoint_1.pth",
         "checkpoint_2.pth",
         "log.txt",
+        "tensorboard",  # tensorboard is a development requirement
     ]
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/TokensPerSec", "train/samples_per_sec"} <= set(events.Tags()["scalars"])
+    board_losses = [e.value for e in events.Scalars("train/loss")]
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 25))
+    assert board_losses == pytest.approx(losses, rel=1e-6)
     ckpt = load_checkpoint(out / "checkpoint_2.pth")
     assert set(ckpt) >= {"model", "optimizer", "scaler", "config", "epoch", "iters", "global_step", "scheduler", "rng"}
     # Trainable parameters and the buffer; no frozen weight.

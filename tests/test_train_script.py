@@ -127,7 +127,7 @@ def test_plain_python_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train: step=3/3 " in result.stderr
     (job,) = (tmp_path / "out").iterdir()
-    assert sorted(p.name for p in job.iterdir()) == ["checkpoint_0.pth", "log.txt"]
+    assert sorted(p.name for p in job.iterdir()) == ["checkpoint_0.pth", "log.txt", "tensorboard"]
 
 
 def test_a_wrong_key_or_path_ends_the_script_with_one_line(tmp_path):
