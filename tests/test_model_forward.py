@@ -127,6 +127,12 @@ def test_one_random_prompt_per_batch(golden_dir, tmp_path, images):
             assert inputs.inputs_embeds.shape[1] == lengths[choice] + text_len
             assert (inputs.labels[:, : lengths[choice]] == -100).all()
     assert len(set(expected_choices)) == 2
+    # The training prompts were tokenized once (one cache entry each); other prompts are not kept.
+    assert sorted(prompt for prompt, _ in model._prompt_cache) == sorted(model.prompt_list)
+    with torch.no_grad():
+        img_embeds, atts = model.encode_img(images)
+        model.prompt_wrap(img_embeds, atts, "<ImageHere> Another prompt.")
+    assert len(model._prompt_cache) == 2
 
 
 def test_forward_counts_tokens_without_host_sync(model, images):

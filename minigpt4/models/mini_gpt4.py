@@ -195,7 +195,7 @@ class MiniGPT4(nn.Module):
         self.max_txt_len = cfg.max_txt_len
         self.end_sym = cfg.end_sym
         self.prompt_list = prompt_list
-        self._prompt_ids: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self._prompt_cache: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
         self.visual_encoder.requires_grad_(not self.freeze_vit)
         self.ln_vision.requires_grad_(not self.freeze_vit)
@@ -316,16 +316,22 @@ class MiniGPT4(nn.Module):
         atts_llama = torch.ones(inputs_llama.shape[:-1], dtype=torch.long, device=device)
         return inputs_llama, atts_llama
 
-    def _tokenize(self, text: str, device: torch.device) -> torch.Tensor:
-        """One text piece -> ids (1, T), without BOS/EOS. The pieces of the training prompts are
-        tokenized once per device, not at every step."""
-        key = (text, device)
-        ids = self._prompt_ids.get(key)
-        if ids is None:
-            ids = self.llama_tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
-            if any(text in prompt for prompt in self.prompt_list):
-                self._prompt_ids[key] = ids
-        return ids
+    def _prompt_ids(self, prompt: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids (1, T) of the text before and after ``<ImageHere>``, without BOS/EOS. The
+        training prompts (``prompt_list``) are tokenized once per device, not at every step."""
+        key = (prompt, device)
+        if key in self._prompt_cache:
+            return self._prompt_cache[key]
+        pieces = prompt.split(IMAGE_PLACEHOLDER)
+        if len(pieces) != 2:
+            raise ValueError(f"a prompt must contain {IMAGE_PLACEHOLDER} exactly once: {prompt!r}")
+        before, after = (
+            self.llama_tokenizer(piece, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+            for piece in pieces
+        )
+        if prompt in self.prompt_list:
+            self._prompt_cache[key] = before, after
+        return before, after
 
     def prompt_wrap(
         self, img_embeds: torch.Tensor, atts_img: torch.Tensor, prompt: str
@@ -336,11 +342,8 @@ class MiniGPT4(nn.Module):
         """
         if not prompt:
             return img_embeds, atts_img
-        pieces = prompt.split(IMAGE_PLACEHOLDER)
-        if len(pieces) != 2:
-            raise ValueError(f"a prompt must contain {IMAGE_PLACEHOLDER} exactly once: {prompt!r}")
         batch = img_embeds.shape[0]
-        before, after = (self.embed_tokens(self._tokenize(piece, img_embeds.device)) for piece in pieces)
+        before, after = (self.embed_tokens(ids) for ids in self._prompt_ids(prompt, img_embeds.device))
         wrapped = torch.cat([before.expand(batch, -1, -1), img_embeds, after.expand(batch, -1, -1)], dim=1)
         return wrapped, atts_img[:, :1].expand(-1, wrapped.shape[1])
 
