@@ -38,6 +38,10 @@ and written to ``--json``:
 * peak device memory (on a CPU, the process's peak resident memory), the device name, dtype,
   library versions and the date.
 
+``--length-grouping N`` builds the batches as ``run.length_grouping: N`` makes the loader do: N
+batches' worth of captions sorted by length and cut into N batches, all N in the pool (give it
+``--steps`` a multiple of N, so that every batch is timed equally often).
+
 ``--compile`` compiles each ViT block and LLM decoder layer with ``torch.compile`` (regional
 compilation: quick to compile, one graph per layer kind), to measure whether it pays.
 
@@ -76,6 +80,7 @@ from minigpt4.common.flops import minigpt4_flop_model, peak_flops
 from minigpt4.common.logger import StepMetrics, peak_memory_mib, setup_logger
 from minigpt4.common.registry import registry
 from minigpt4.common.schema import QFormerArch, RunConfig, VitArch
+from minigpt4.datasets.datasets.length_grouping import length_grouped
 from minigpt4.models.llm import load_llama_tokenizer
 from minigpt4.models.mini_gpt4 import MiniGPT4
 from minigpt4.runners.runner_base import (
@@ -219,26 +224,31 @@ def make_caption(rng: random.Random, words: list[str], length: int) -> str:
 
 
 def make_pool(
-    stage: int, image_size: int, batch_size: int, *, batches: int, pin: bool, seed: int
+    stage: int, image_size: int, batch_size: int, *, batches: int, pin: bool, seed: int, grouped: bool = False
 ) -> tuple[list[dict[str, Any]], float]:
     """``batches`` training batches ``{"image": (B, 3, S, S), "text_input": B str}`` as the stage's
-    datasets give them, and the images/s of the image processor while making them."""
+    datasets give them, and the images/s of the image processor while making them. ``grouped``:
+    the captions grouped by length as ``run.length_grouping`` groups one window of ``batches``."""
     rng = random.Random(seed)
     torch.manual_seed(seed)  # the processor's random crops
     image_processor = registry.get_processor_class("blip2_image_train").from_config({"image_size": image_size})
     spec = STAGES[stage]
     text_processor = registry.get_processor_class(spec.caption_processor)() if spec.caption_processor else None
     words, sources = caption_words(), photos()
+    texts = [make_caption(rng, words, rng.randint(*spec.words)) for _ in range(batches * batch_size)]
+    if text_processor is not None:
+        texts = [text_processor(text) for text in texts]
+    if grouped:
+        text_batches = length_grouped(texts, [len(text) for text in texts], batch_size, rng)
+    else:
+        text_batches = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
     pool, processing = [], 0.0
-    for _ in range(batches):
+    for batch_texts in text_batches:
         chosen = rng.choices(sources, k=batch_size)
         start = time.perf_counter()
         images = torch.stack([image_processor(photo) for photo in chosen])  # (B, 3, S, S)
         processing += time.perf_counter() - start
-        texts = [make_caption(rng, words, rng.randint(*spec.words)) for _ in range(batch_size)]
-        if text_processor is not None:
-            texts = [text_processor(text) for text in texts]
-        pool.append({"image": images.pin_memory() if pin else images, "text_input": texts})
+        pool.append({"image": images.pin_memory() if pin else images, "text_input": batch_texts})
     return pool, batches * batch_size / processing
 
 
@@ -300,12 +310,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="torch.compile each ViT block and LLM decoder layer (give it --warmup 5: shapes vary at first)",
     )
+    parser.add_argument(
+        "--length-grouping",
+        type=int,
+        default=0,
+        metavar="N",
+        help="batches of similar caption length, as run.length_grouping N groups them (0: off)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be at least 1 and --warmup at least 0")
+    if args.steps < 1 or args.warmup < 0 or args.length_grouping < 0:
+        parser.error("--steps must be at least 1, --warmup and --length-grouping at least 0")
     return args
 
 
@@ -336,9 +353,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     optimizer = build_optimizer(model, run_cfg)
     scaler, fixed_scale = build_scaler(run_cfg, device, backward_dtype(dtype, model))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    batches = min(POOL_BATCHES, args.warmup + args.steps)
+    batches = args.length_grouping or min(POOL_BATCHES, args.warmup + args.steps)
     pool, data_images_per_sec = make_pool(
-        args.stage, SIZES[args.size].image_size, batch_size, batches=batches, pin=device.type != "cpu", seed=args.seed
+        args.stage,
+        SIZES[args.size].image_size,
+        batch_size,
+        batches=batches,
+        pin=device.type != "cpu",
+        seed=args.seed,
+        grouped=args.length_grouping > 0,
     )
 
     metrics = StepMetrics(device)
@@ -389,6 +412,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device_name": device_name(device),
         "dtype": DTYPE_NAMES[dtype or torch.float32],
         "compile": args.compile,
+        "length_grouping": args.length_grouping,
         "batch_size": batch_size,
         "warmup": args.warmup,
         "steps": args.steps,
@@ -429,7 +453,8 @@ def summary(r: dict[str, Any]) -> str:
     batch = r["batch_size"]
     return (
         f"MiniGPT-4 training step: size={r['size']} stage={r['stage']} batch={r['batch_size']} dtype={r['dtype']}"
-        f"{' compiled' if r['compile'] else ''} on {r['device_name']}\n"
+        f"{' compiled' if r['compile'] else ''}"
+        f"{f' length_grouping={g}' if (g := r['length_grouping']) else ''} on {r['device_name']}\n"
         f"  median step time  {r['median_step_time']:.4f} s ({r['steps']} timed steps after {r['warmup']} warm-up)\n"
         f"  samples/s         {r['samples_per_sec']:.2f}\n"
         f"  TokensPerSec      {r['TokensPerSec']:.1f} real, {r['TokensPerSec_padded']:.1f} padded "

@@ -101,6 +101,18 @@ def test_peak_given_by_hand_gives_mfu(tmp_path, one_thread):
     assert r["mfu"] == pytest.approx(r["flops_per_step"] / r["median_step_time"] / 0.5e12)
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_length_grouping_cuts_padded_tokens_not_real_ones(tmp_path, one_thread, stage):
+    # The same captions (one pool of 4 batches, each timed once), batched as drawn or by length.
+    steps = ("--steps", "4", "--warmup", "0")
+    plain, _ = run_tiny(tmp_path, stage, *steps)
+    grouped, _ = run_tiny(tmp_path, stage, *steps, "--length-grouping", "4")
+    assert grouped["length_grouping"] == 4 and plain["length_grouping"] == 0
+    # Stage 2 draws each sample's prompt at random, so its real count moves a little.
+    assert grouped["tokens_per_step"] == pytest.approx(plain["tokens_per_step"], rel=0 if stage == 1 else 0.03)
+    assert grouped["padded_tokens_per_step"] < 0.95 * plain["padded_tokens_per_step"]
+
+
 def test_pool_holds_processed_photos_and_stage_captions():
     pool, images_per_sec = bench.make_pool(1, 56, 6, batches=2, pin=False, seed=0)
     assert len(pool) == 2 and images_per_sec > 0
@@ -112,6 +124,12 @@ def test_pool_holds_processed_photos_and_stage_captions():
             assert 8 <= len(caption.split()) <= 20 and caption == caption.lower() and "." not in caption
     assert pool[0]["text_input"] != pool[1]["text_input"]
     assert not torch.equal(pool[0]["image"], pool[1]["image"])
+
+    grouped, _ = bench.make_pool(1, 56, 6, batches=2, pin=False, seed=0, grouped=True)
+    texts = [t for b in pool for t in b["text_input"]]
+    assert sorted(t for b in grouped for t in b["text_input"]) == sorted(texts)  # the same captions
+    (short, long) = sorted(grouped, key=lambda b: min(map(len, b["text_input"])))
+    assert max(map(len, short["text_input"])) <= min(map(len, long["text_input"]))
 
     (batch,), _ = bench.make_pool(2, 56, 3, batches=1, pin=False, seed=0)
     for description in batch["text_input"]:  # raw, as cc_sbu_align gives them

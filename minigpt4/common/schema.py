@@ -209,6 +209,10 @@ class RunConfig:
     # count is read at every log line and at the end of each epoch (never per step, to keep the
     # device asynchronous); skipped steps leave the weights untouched, so stopping late is harmless.
     max_nonfinite_steps: int = 5
+    # 0: batches as the shuffle makes them (the reference). N: gather N batches' worth of samples,
+    # sort them by text length and cut them into N batches of similar length, for less padding
+    # (see datasets/datasets/length_grouping.py).
+    length_grouping: int = 0
 
 
 @dataclass

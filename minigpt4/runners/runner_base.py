@@ -232,6 +232,10 @@ class RunnerBase:
         for key in ("iters_per_epoch", "accum_grad_iters", "batch_size_train", "log_freq"):
             if run_cfg[key] < 1:
                 raise ValueError(f"run.{key} must be at least 1, got {run_cfg[key]}")
+        if run_cfg.length_grouping < 0:
+            raise ValueError(
+                f"run.length_grouping must be 0 (off) or a number of batches, got {run_cfg.length_grouping}"
+            )
         accum = run_cfg.accum_grad_iters
         if run_cfg.iters_per_epoch % accum or run_cfg.checkpoint_interval % accum:
             raise ValueError(

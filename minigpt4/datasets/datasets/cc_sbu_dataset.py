@@ -65,6 +65,11 @@ class CCSBUAlignDataset(Dataset):
     def __len__(self) -> int:
         return len(self.annotation)
 
+    def text_lengths(self) -> list[int]:
+        """Each sample's caption length in characters, without opening an image (for
+        ``run.length_grouping``)."""
+        return [len(ann["caption"]) for ann in self.annotation]
+
     def image_path(self, image_id: Any) -> Path:
         return self.vis_root / f"{image_id}.jpg"
 

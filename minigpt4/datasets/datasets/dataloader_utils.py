@@ -11,7 +11,9 @@ batches also carry ``image_id``, a tensor (B,)). Everything random here is seede
   order every pass, last incomplete batch dropped) and repeated without end (``IterLoader``);
 * the worker processes' torch RNG (random crops) comes from a seeded DataLoader generator;
 * ``MultiIterLoader`` picks which dataset gives the next whole batch with weights ``sample_ratio``
-  (stage 1: laion 115, cc_sbu 14), as the reference does.
+  (stage 1: laion 115, cc_sbu 14), as the reference does;
+* ``run.length_grouping`` > 0 makes each dataset's batches of texts of similar length
+  (``length_grouping.py``), seeded like the rest.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from minigpt4.common.device import resolve_device
 from minigpt4.datasets.datasets.image_text_shards import ImageTextShards, name_id, stream_seed
+from minigpt4.datasets.datasets.length_grouping import LengthGroupedBatchSampler
 
 Batch = dict[str, Any]
 
 
 class IterLoader:
     """Endless iteration over a DataLoader of a map-style dataset; every new pass calls
-    ``sampler.set_epoch(pass)`` so that the shuffle differs from pass to pass."""
+    ``set_epoch(pass)`` on its sampler (or batch sampler) so that the shuffle differs from pass to
+    pass."""
 
     def __init__(self, loader: DataLoader) -> None:
         self.loader = loader
@@ -46,8 +50,9 @@ class IterLoader:
             return next(self._iter)
         except StopIteration:
             self.epoch += 1
-            if hasattr(self.loader.sampler, "set_epoch"):
-                self.loader.sampler.set_epoch(self.epoch)
+            for sampler in (self.loader.sampler, self.loader.batch_sampler):
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(self.epoch)
             self._iter = iter(self.loader)
             return next(self._iter)
 
@@ -83,24 +88,32 @@ def _loader_generator(seed: int, rank: int, name: str) -> torch.Generator:
 def _build_loader(
     dataset: Dataset, name: str, run_cfg: Any, rank: int, world_size: int, *, seed: int, pin_memory: bool
 ) -> Iterator[Batch]:
+    batch_size, grouping = run_cfg.batch_size_train, run_cfg.length_grouping
     common = {
-        "batch_size": run_cfg.batch_size_train,
         "num_workers": run_cfg.num_workers,
         "pin_memory": pin_memory,
         "generator": _loader_generator(seed, rank, name),
     }
     if isinstance(dataset, ImageTextShards):
-        return iter(DataLoader(dataset.for_rank(seed, rank), **common))
+        stream = dataset.for_rank(seed, rank).grouped_by_length(batch_size, grouping)
+        return iter(DataLoader(stream, batch_size=batch_size, **common))
     if isinstance(dataset, IterableDataset):
         raise TypeError(f"{name}: iterable datasets other than ImageTextShards cannot be seeded per rank")
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    if len(sampler) < run_cfg.batch_size_train:
+    if len(sampler) < batch_size:
         raise ValueError(
             f"{name}: {len(dataset)} samples over {world_size} ranks leave {len(sampler)} per rank, "
-            f"fewer than one batch of {run_cfg.batch_size_train}"
+            f"fewer than one batch of {batch_size}"
         )
-    loader = DataLoader(dataset, sampler=sampler, drop_last=True, persistent_workers=run_cfg.num_workers > 0, **common)
-    return IterLoader(loader)
+    common["persistent_workers"] = run_cfg.num_workers > 0
+    if not grouping:
+        return IterLoader(DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, **common))
+    if not hasattr(dataset, "text_lengths"):
+        raise TypeError(f"{name}: run.length_grouping needs a dataset that knows its text lengths (text_lengths())")
+    batches = LengthGroupedBatchSampler(
+        sampler, dataset.text_lengths(), batch_size, grouping, seed=stream_seed(seed, rank, name_id(name), 3)
+    )
+    return IterLoader(DataLoader(dataset, batch_sampler=batches, **common))
 
 
 def build_train_loader(
@@ -115,10 +128,10 @@ def build_train_loader(
 
     ``datasets`` is ``{name: {split: dataset}}`` as the builders return it; the splits in
     ``run.train_splits`` are used. From ``run_cfg`` it reads ``batch_size_train``, ``num_workers``,
-    ``train_splits`` and ``device`` (memory is pinned only for an accelerator). ``seed`` seeds
-    every random draw of the stream (None: ``run.seed``); the runner passes ``run.seed`` plus the
-    global step the stream starts at, so that a resumed run reads the batches the uninterrupted
-    one read."""
+    ``train_splits``, ``length_grouping`` and ``device`` (memory is pinned only for an
+    accelerator). ``seed`` seeds every random draw of the stream (None: ``run.seed``); the runner
+    passes ``run.seed`` plus the global step the stream starts at, so that a resumed run reads the
+    batches the uninterrupted one read."""
     seed = run_cfg.seed if seed is None else seed
     pin_memory = resolve_device(run_cfg.device).type != "cpu"
     chosen = [

@@ -11,12 +11,15 @@ no answer, this one:
 * skips a corrupt sample (an undecodable image or json, a broken tar member) with a warning and
   counts it in ``skipped``, but stops after ``MAX_BROKEN_IN_A_ROW`` unreadable shards in a row;
 * stops with ``ShardFormatError`` naming the shard, the sample and the keys it has when a sample
-  lacks ``jpg``, ``json`` or the json's ``caption``: that is a wrong format, not bad luck.
+  lacks ``jpg``, ``json`` or the json's ``caption``: that is a wrong format, not bad luck;
+* groups samples into batches of similar caption length on request (``grouped_by_length``,
+  ``run.length_grouping``).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import logging
@@ -32,6 +35,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
+
+from minigpt4.datasets.datasets.length_grouping import length_grouped_stream
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +126,19 @@ class ImageTextShards(IterableDataset):
         self.seed, self.rank = 0, 0  # the stream of rank 0 under seed 0, until for_rank picks another
         self.skipped = 0
         self.broken_in_a_row = 0
+        self.group_batch_size, self.group_batches = 1, 0  # no length grouping
 
     def for_rank(self, seed: int, rank: int) -> ImageTextShards:
         """A copy that draws the stream of ``rank`` under the run seed ``seed``."""
         dataset = copy.copy(self)
         dataset.seed, dataset.rank, dataset.skipped = seed, rank, 0
+        return dataset
+
+    def grouped_by_length(self, batch_size: int, batches: int) -> ImageTextShards:
+        """A copy whose stream comes in runs of ``batch_size`` samples of similar caption length,
+        ``batches`` batches' worth at a time (``length_grouped_stream``); 0 batches: no grouping."""
+        dataset = copy.copy(self)
+        dataset.group_batch_size, dataset.group_batches = batch_size, batches
         return dataset
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -139,6 +152,15 @@ class ImageTextShards(IterableDataset):
             wds.shuffle(SHUFFLE_BUFFER, initial=SHUFFLE_INITIAL, rng=random.Random(seed)),
             self._to_pairs,
         )
+        if self.group_batches:
+            pipeline.append(
+                functools.partial(
+                    length_grouped_stream,
+                    batch_size=self.group_batch_size,
+                    batches=self.group_batches,
+                    rng=random.Random(stream_seed(seed, 1)),
+                )
+            )
         return iter(pipeline)
 
     def _skip_broken_member(self, exn: Exception) -> bool:
