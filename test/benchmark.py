@@ -444,6 +444,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def table_row(r: dict[str, Any]) -> str:
+    """The result as a row of the README's performance table."""
+    setup = [f"this repo, {r['size'].upper() if r['size'] != 'tiny' else 'tiny'}", r["dtype"]]
+    if r["length_grouping"]:
+        setup.append(f"length_grouping {r['length_grouping']}")
+    if r["compile"]:
+        setup.append("compiled")
+    tokens = f"{r['TokensPerSec']:,.0f} real / {r['TokensPerSec_padded']:,.0f} padded"
+    return (
+        f"| {r['stage']} | {', '.join(setup)} | 1 x {r['device_name']} | {r['batch_size']} | {tokens} "
+        f"| {r['TokensPerSec']:,.0f} | {r['date'][:10]} |"
+    )
+
+
 def summary(r: dict[str, Any]) -> str:
     mfu = (
         f"{100 * r['mfu']:.1f}% ({r['achieved_tflops']:.1f} of {r['peak_tflops']:.0f} TFLOP/s)"
@@ -464,6 +478,7 @@ def summary(r: dict[str, Any]) -> str:
         f"  loss              {r['loss']:.4f}\n"
         f"  data side         {r['data_images_per_sec']:.0f} images/s (blip2_image_train on decoded photos, "
         "one process)\n"
+        f"{table_row(r)}\n"
         f"benchmark: size={r['size']} stage={r['stage']} batch={r['batch_size']} dtype={r['dtype']} "
         f"step_time={r['median_step_time']:.4f} samples/s={r['samples_per_sec']:.2f} "
         f"TokensPerSec={r['TokensPerSec']:.1f} TokensPerSec_padded={r['TokensPerSec_padded']:.1f} "

@@ -7,7 +7,9 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import json
+import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -170,3 +172,22 @@ def test_full_size_13b_llm_shape(tmp_path_factory):
     assert fm.llm_matmul_params == LLAMA_13B_MATMUL == 12_851_609_600
     assert (fm.llm_layers, fm.llm_hidden, fm.projection_params) == (40, 5120, 768 * 5120)
     assert fm.vit_matmul_params == VIT_G_MATMUL
+
+
+def test_table_script_runs_each_variant_and_prints_the_readme_rows(tmp_path):
+    env = {
+        **os.environ,
+        **{"SIZE": "tiny", "DEVICE": "cpu", "STAGES": "1", "VARIANTS": "plain grouped", "STEPS": "2"},
+        **{"GROUPING": "2", "OUT_DIR": str(tmp_path), "PYTHON": sys.executable},
+        "EXTRA": "--warmup 0 --batch-size 4 --threads 1",
+    }
+    script = BENCHMARK.parent / "benchmark_table.sh"
+    done = subprocess.run(["bash", str(script)], env=env, cwd=BENCHMARK.parents[1], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    plain, grouped = (json.loads((tmp_path / f"tiny_stage1_{v}.json").read_text()) for v in ("plain", "grouped"))
+    assert (plain["length_grouping"], grouped["length_grouping"], grouped["batch_size"]) == (0, 2, 4)
+    header, *rows = done.stdout.splitlines()[-3:]
+    assert header.startswith("| Stage | Setup | Device |")
+    assert rows[0].startswith("| 1 | this repo, tiny, fp32 | 1 x ") and "| 4 |" in rows[0]
+    assert rows[1].startswith("| 1 | this repo, tiny, fp32, length_grouping 2 | 1 x ")
+    assert f"{grouped['TokensPerSec']:,.0f} real" in rows[1]
