@@ -42,6 +42,14 @@ and written to ``--json``:
 batches' worth of captions sorted by length and cut into N batches, all N in the pool (give it
 ``--steps`` a multiple of N, so that every batch is timed equally often).
 
+``--profile DIR`` runs ``PROFILE_STEPS`` more steps under ``torch.profiler`` after the timed ones,
+as training runs them (no synchronisation between steps), and writes ``DIR/trace.json.gz`` (open
+it in Perfetto or chrome://tracing) and ``DIR/ops.txt`` (the costliest operators). The result
+gains ``profile``: values read into Python per step (``aten::_local_scalar_dense``; one of a
+device tensor waits for the device; on a CPU the fused AdamW's own reads of its step count are
+among them) and, on CUDA, synchronisations per step (``cudaStreamSynchronize`` and the like; the
+one closing the profile is not counted). transformers' LLaMA makes one such read per forward.
+
 ``--compile`` compiles each ViT block and LLM decoder layer with ``torch.compile`` (regional
 compilation: quick to compile, one graph per layer kind), to measure whether it pays.
 
@@ -52,6 +60,7 @@ projection's gradient, so several devices scale them by their number).
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import importlib.metadata
 import json
@@ -62,6 +71,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +122,8 @@ PHOTOS = (
 )
 TOKENIZER_VOCAB = 1000  # with the caption corpus, 140 of its 144 lower-case words are single pieces
 POOL_BATCHES = 4  # distinct batches built before timing, cycled through
+PROFILE_STEPS = 2
+SYNC_CALLS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize")
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -295,6 +307,33 @@ def train_step(
     return out
 
 
+def profile_steps(step: Callable[[int], object], device: torch.device, folder: Path) -> dict[str, Any]:
+    """``PROFILE_STEPS`` calls of ``step`` under the profiler, one device synchronisation at the end;
+    the trace and the operator table written to ``folder``."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for i in range(PROFILE_STEPS):
+            step(i)
+        synchronize(device)
+    folder.mkdir(parents=True, exist_ok=True)
+    trace, ops = folder / "trace.json.gz", folder / "ops.txt"
+    prof.export_chrome_trace(str(trace))
+    averages = prof.key_averages()
+    by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ops.write_text(averages.table(sort_by=by, row_limit=40) + "\n")
+    counts = collections.Counter({event.key: event.count for event in averages})
+    syncs = sum(counts[name] for name in SYNC_CALLS) - 1 if device.type == "cuda" else None
+    return {
+        "steps": PROFILE_STEPS,
+        "scalar_reads_per_step": counts["aten::_local_scalar_dense"] / PROFILE_STEPS,
+        "device_syncs_per_step": None if syncs is None else syncs / PROFILE_STEPS,
+        "trace": str(trace),
+        "ops": str(ops),
+    }
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="7b")
@@ -317,6 +356,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="batches of similar caption length, as run.length_grouping N groups them (0: off)",
     )
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="profile a few more steps; trace and table here")
     parser.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -364,14 +404,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         grouped=args.length_grouping > 0,
     )
 
-    metrics = StepMetrics(device)
-    step_times, padded = [], []
-    for i in range(args.warmup + args.steps):
-        if i == args.warmup:
-            metrics.start_window()
-        t0 = time.perf_counter()
+    def step(i: int) -> dict[str, Any]:
         samples = move_to_device(pool[i % batches], device)
-        out = train_step(
+        return train_step(
             task,
             model,
             samples,
@@ -382,6 +417,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             device=device,
             dtype=dtype,
         )
+
+    metrics = StepMetrics(device)
+    step_times, padded = [], []
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            metrics.start_window()
+        t0 = time.perf_counter()
+        out = step(i)
         synchronize(device)
         if i >= args.warmup:
             step_times.append(time.perf_counter() - t0)
@@ -396,6 +439,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         logger.info("step %d: %.4f s", i + 1, time.perf_counter() - t0)
     stats = metrics.read()
+    profile = profile_steps(step, device, args.profile) if args.profile else None
 
     median = statistics.median(step_times)
     tokens_per_step = stats.tokens / args.steps
@@ -434,6 +478,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_mem_MiB": peak_memory_mib(device),
         "data_images_per_sec": data_images_per_sec,
         "build_seconds": build_seconds,
+        "profile": profile,
         "versions": versions(device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python test/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -442,6 +487,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def profile_line(profile: dict[str, Any] | None) -> str:
+    if profile is None:
+        return ""
+    syncs = profile["device_syncs_per_step"]
+    return (
+        f"  profile           {profile['scalar_reads_per_step']:g} scalar reads and "
+        f"{'n/a' if syncs is None else format(syncs, 'g')} device synchronisations per step; "
+        f"{profile['trace']}, {profile['ops']}\n"
+    )
 
 
 def table_row(r: dict[str, Any]) -> str:
@@ -478,6 +534,7 @@ def summary(r: dict[str, Any]) -> str:
         f"  loss              {r['loss']:.4f}\n"
         f"  data side         {r['data_images_per_sec']:.0f} images/s (blip2_image_train on decoded photos, "
         "one process)\n"
+        f"{profile_line(r['profile'])}"
         f"{table_row(r)}\n"
         f"benchmark: size={r['size']} stage={r['stage']} batch={r['batch_size']} dtype={r['dtype']} "
         f"step_time={r['median_step_time']:.4f} samples/s={r['samples_per_sec']:.2f} "

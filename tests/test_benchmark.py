@@ -5,6 +5,7 @@ device: shapes and FLOP-model counts, no memory)."""
 from __future__ import annotations
 
 import datetime
+import gzip
 import importlib.util
 import json
 import os
@@ -191,3 +192,17 @@ def test_table_script_runs_each_variant_and_prints_the_readme_rows(tmp_path):
     assert rows[0].startswith("| 1 | this repo, tiny, fp32 | 1 x ") and "| 4 |" in rows[0]
     assert rows[1].startswith("| 1 | this repo, tiny, fp32, length_grouping 2 | 1 x ")
     assert f"{grouped['TokensPerSec']:,.0f} real" in rows[1]
+
+
+def test_profile_writes_a_trace_and_counts_reads_per_step(tmp_path, one_thread):
+    r, _ = run_tiny(tmp_path, 1, "--batch-size", "4", "--profile", str(tmp_path / "profile"))
+    profile = r["profile"]
+    assert profile["steps"] == bench.PROFILE_STEPS
+    # transformers' LLaMA reads one value per forward (see tests/test_fast_path.py); on a CPU the
+    # fused AdamW reads its step count too.
+    assert profile["scalar_reads_per_step"] >= 1
+    assert profile["device_syncs_per_step"] is None  # CUDA only
+    with gzip.open(profile["trace"], "rt") as f:
+        names = {event.get("name") for event in json.load(f)["traceEvents"]}
+    assert {"aten::mm", "aten::_local_scalar_dense"} <= names
+    assert "aten::" in Path(profile["ops"]).read_text()
