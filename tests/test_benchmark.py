@@ -206,3 +206,13 @@ def test_profile_writes_a_trace_and_counts_reads_per_step(tmp_path, one_thread):
         names = {event.get("name") for event in json.load(f)["traceEvents"]}
     assert {"aten::mm", "aten::_local_scalar_dense"} <= names
     assert "aten::" in Path(profile["ops"]).read_text()
+
+
+@pytest.mark.slow
+def test_compiled_layers_compute_the_eager_loss(tmp_path, one_thread):
+    steps = ("--batch-size", "4", "--steps", "2", "--warmup", "2")
+    eager, _ = run_tiny(tmp_path, 1, *steps)
+    compiled, _ = run_tiny(tmp_path, 1, *steps, "--compile")
+    assert compiled["compile"] is True and ", compiled |" in bench.table_row(compiled)
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-4)
+    assert compiled["tokens_per_step"] == eager["tokens_per_step"]
