@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 import minigpt4  # noqa: F401  (registers every name)
 from minigpt4.common.checkpoint import load_checkpoint, resume_checkpoint
+from minigpt4.common.logger import uniform_loss_warning
 from minigpt4.common.schema import RunConfig
 from minigpt4.runners.runner_base import (
     NonFiniteLossError,
@@ -151,7 +152,7 @@ def test_training_learns_logs_and_checkpoints(tmp_path, caplog):
     assert len(lines) == 24
     fields = dict(re.findall(r"(\S+)=(\S+)", lines[-1]))
     assert fields["step"] == "24/24" and fields["epoch"] == "2" and fields["iter"] == "8/8"
-    for key in ("loss", "lr", "step_time", "data_time", "samples/s", "TokensPerSec", "TokensPerSec_padded"):
+    for key in ("loss", "grad_norm", "lr", "step_time", "data_time", "samples/s", "TokensPerSec"):
         float(fields[key])
     assert float(fields["TokensPerSec"]) / float(fields["samples/s"]) == pytest.approx(TOKENS_PER_SAMPLE, rel=1e-3)
     assert float(fields["TokensPerSec_padded"]) / float(fields["TokensPerSec"]) == pytest.approx(4 / 3, rel=1e-3)
@@ -176,7 +177,8 @@ def test_training_learns_logs_and_checkpoints(tmp_path, caplog):
     ]
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
-    assert {"train/loss", "train/lr", "train/TokensPerSec", "train/samples_per_sec"} <= set(events.Tags()["scalars"])
+    scalars = {"train/loss", "train/grad_norm", "train/lr", "train/TokensPerSec", "train/samples_per_sec"}
+    assert scalars <= set(events.Tags()["scalars"])
     board_losses = [e.value for e in events.Scalars("train/loss")]
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 25))
     assert board_losses == pytest.approx(losses, rel=1e-6)
@@ -270,6 +272,27 @@ def test_gradient_clipping_bounds_the_norm(tmp_path):
     assert min(norms) > 1e-2  # the same run without clipping has much larger gradients
 
 
+@pytest.mark.parametrize("overrides", [{}, {"max_grad_norm": 1e-3}, {"precision": "fp16"}])
+def test_the_logged_gradient_norm_is_unscaled_and_taken_before_clipping(tmp_path, overrides):
+    seen: list[float] = []  # the norm of the gradients the optimizer step applies
+
+    def record(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        runner = train(tmp_path, max_epoch=1, **overrides)  # log_freq 1: one optimizer step per line
+    finally:
+        handle.remove()
+    logged = [h["grad_norm"] for h in runner.history]
+    assert len(logged) == len(seen) == 6
+    if "max_grad_norm" in overrides:
+        assert min(logged) > 1e-2 and max(seen) <= 1e-3 * (1 + 1e-4)
+    else:  # fp16: the loss scale (65536) is divided out before the norm is taken
+        assert logged == pytest.approx(seen, rel=1e-5)
+
+
 @pytest.mark.parametrize(
     ("overrides", "dtype", "scale"),
     [
@@ -330,3 +353,11 @@ def test_evaluation_keys_are_refused(tmp_path):
         train(tmp_path, evaluate=True)
     with pytest.raises(ValueError, match=r"image_text_pretrain task has no evaluation"):
         train(tmp_path, valid_splits=["val"])
+
+
+def test_a_first_loss_near_uniform_predictions_is_warned_about():
+    assert uniform_loss_warning(5.0, 32000) is None  # a working LLM at the start of stage 1
+    assert uniform_loss_warning(float("nan"), 32000) is None
+    warning = uniform_loss_warning(10.375, 32000)  # the "loss is still 10.3750" of broken set-ups
+    assert warning.startswith("the loss 10.3750 is close to ln(32000) = 10.3735")
+    assert "model.llama_model" in warning and "bf16" in warning

@@ -5,6 +5,7 @@ as a plain ``python train.py`` process."""
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def fixed_batch_folder(tmp_path: Path) -> Path:
     return tmp_path / "data" / "cc_sbu_align"
 
 
-def test_loss_falls_on_a_fixed_batch_and_the_checkpoint_holds_the_trainable_keys(in_tiny_root, tmp_path):
+def test_loss_falls_on_a_fixed_batch_and_the_checkpoint_holds_the_trainable_keys(in_tiny_root, tmp_path, caplog):
     folder = fixed_batch_folder(tmp_path)
     runner = train.main(
         argv(
@@ -54,6 +55,11 @@ def test_loss_falls_on_a_fixed_batch_and_the_checkpoint_holds_the_trainable_keys
     )
     losses = [h["loss"] for h in runner.history]
     assert len(losses) == 30
+    # The tiny LLM is random: its first loss is that of uniform predictions, warned about once.
+    vocab = runner.model.vocab_size
+    assert losses[0] > 0.9 * math.log(vocab)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "ln(" in r.getMessage()]
+    assert warning.startswith(f"the loss {losses[0]:.4f} is close to ln({vocab}) = {math.log(vocab):.4f}")
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.4, losses
     ckpt = load_checkpoint(runner.output_dir / "checkpoint_0.pth")
     assert sorted(ckpt["model"]) == sorted(trainable_state_dict(runner.model))

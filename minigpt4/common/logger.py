@@ -4,11 +4,14 @@ Rank 0 logs at INFO, the other ranks only warnings and errors. Every ``run.log_f
 rank 0 writes one line that starts with ``train: step=`` and holds ``key=value`` fields, so that
 scripts can grep and parse it (``test/*.sh`` do):
 
-    train: step=40/400 epoch=0 iter=40/200 loss=2.3456 lr=1.000e-05 step_time=0.512 data_time=0.003
-    samples/s=125.0 TokensPerSec=4321.0 TokensPerSec_padded=5678.0 peak_mem_MiB=1234 nonfinite=0 eta=0:01:23
+    train: step=40/400 epoch=0 iter=40/200 loss=2.3456 grad_norm=0.8123 lr=1.000e-05 step_time=0.512
+    data_time=0.003 samples/s=125.0 TokensPerSec=4321.0 TokensPerSec_padded=5678.0 peak_mem_MiB=1234
+    nonfinite=0 eta=0:01:23
 
 (one line in the log). Every figure covers the iterations since the previous line, over all
-ranks: ``loss`` is the mean loss, ``step_time`` the wall time per iteration, ``samples/s`` and
+ranks: ``loss`` is the mean loss, ``grad_norm`` the mean total norm of the trainable parameters'
+gradients at the optimizer steps (unscaled, before clipping; non-finite ones left out, as their
+steps are skipped), ``step_time`` the wall time per iteration, ``samples/s`` and
 ``TokensPerSec`` the totals of all ranks per second. **TokensPerSec** counts the LLM input tokens
 processed (BOS + prompt + image query tokens + text, as the model reports them in ``tokens``);
 ``TokensPerSec_padded`` counts the padded sequences the LLM actually ran (``padded_tokens``).
@@ -20,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import resource
 import sys
 import time
@@ -86,10 +90,16 @@ class WindowStats:
     samples: float
     data_time: float  # seconds this rank waited for batches
     longest_nonfinite_run: int  # since the start of training
+    grad_norm_sum: float = 0.0  # over the finite gradient norms of optimizer steps
+    grad_norms: int = 0
 
     @property
     def loss(self) -> float:
         return self.loss_sum / self.finite if self.finite else float("nan")
+
+    @property
+    def grad_norm(self) -> float:
+        return self.grad_norm_sum / self.grad_norms if self.grad_norms else float("nan")
 
     @property
     def step_time(self) -> float:
@@ -123,6 +133,8 @@ class WindowStats:
             samples=self.samples + other.samples,
             data_time=self.data_time + other.data_time,
             longest_nonfinite_run=max(self.longest_nonfinite_run, other.longest_nonfinite_run),
+            grad_norm_sum=self.grad_norm_sum + other.grad_norm_sum,
+            grad_norms=self.grad_norms + other.grad_norms,
         )
 
 
@@ -134,13 +146,15 @@ class StepMetrics:
     once per log interval: one device synchronisation and two all-reduces.
 
     Per rank it sums the finite losses and counts them, counts non-finite losses and tracks the
-    current and longest runs of consecutive ones (device tensors), and sums the real and padded
+    current and longest runs of consecutive ones (device tensors), sums the finite gradient norms
+    of the optimizer steps and counts them (device tensors), and sums the real and padded
     LLM tokens (tensors or ints, as the model returns them), the samples and the learning rate
     (host numbers). The windows read during an epoch add up to the epoch's figures."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self._losses = torch.zeros(3, dtype=torch.float64, device=device)  # sum, finite, non-finite
+        self._grad_norms = torch.zeros(2, dtype=torch.float64, device=device)  # sum, count (finite ones)
         self._run = torch.zeros((), dtype=torch.float64, device=device)
         self._longest = torch.zeros((), dtype=torch.float64, device=device)
         self._epoch = EMPTY_WINDOW
@@ -150,6 +164,7 @@ class StepMetrics:
     def start_window(self) -> None:
         synchronize(self.device)
         self._losses.zero_()
+        self._grad_norms.zero_()
         self._tokens: torch.Tensor | int = 0
         self._padded: torch.Tensor | int = 0
         self._samples = 0
@@ -180,15 +195,23 @@ class StepMetrics:
         self._data_time += data_time
         self._iters += 1
 
+    def add_grad_norm(self, norm: torch.Tensor) -> None:
+        """The total gradient norm of one optimizer step (a device tensor; not read here)."""
+        norm = norm.detach().double()
+        finite = torch.isfinite(norm)
+        self._grad_norms += torch.stack([torch.where(finite, norm, 0.0), finite.double()])
+
     def read(self) -> WindowStats:
         """All ranks must call this at the same iteration (it all-reduces)."""
         synchronize(self.device)
         elapsed = time.perf_counter() - self._t0
         counts = [torch.as_tensor(x, device=self.device).double() for x in (self._tokens, self._padded, self._samples)]
-        sums = all_reduce(torch.cat([self._losses, torch.stack(counts)]))
+        # Every rank holds the same gradient norms (DDP averages the gradients), so their sum
+        # and count both grow by the number of ranks and the mean is unchanged.
+        sums = all_reduce(torch.cat([self._losses, self._grad_norms, torch.stack(counts)]))
         elapsed_t = torch.tensor(elapsed, dtype=torch.float64, device=self.device)
         maxes = all_reduce(torch.stack([self._longest, elapsed_t]), torch.distributed.ReduceOp.MAX)
-        loss_sum, finite, nonfinite, tokens, padded, samples = sums.tolist()
+        loss_sum, finite, nonfinite, grad_norm_sum, grad_norms, tokens, padded, samples = sums.tolist()
         longest, elapsed = maxes.tolist()
         window = WindowStats(
             iters=self._iters,
@@ -201,6 +224,8 @@ class StepMetrics:
             samples=samples,
             data_time=self._data_time,
             longest_nonfinite_run=int(longest),
+            grad_norm_sum=grad_norm_sum,
+            grad_norms=int(grad_norms),
         )
         self._epoch = self._epoch + window
         return window
@@ -222,6 +247,25 @@ class StepMetrics:
         }
 
 
+# A first logged loss above this share of ln(vocabulary) is close to predicting every token with
+# equal probability (10.37 for LLaMA's 32000 tokens), the mark of an LLM that is not working.
+UNIFORM_LOSS_SHARE = 0.9
+
+
+def uniform_loss_warning(loss: float, vocab_size: int) -> str | None:
+    """A warning in words when ``loss`` is about that of uniform predictions over ``vocab_size``
+    tokens; None otherwise."""
+    uniform = math.log(vocab_size)
+    if not loss >= UNIFORM_LOSS_SHARE * uniform:
+        return None
+    return (
+        f"the loss {loss:.4f} is close to ln({vocab_size}) = {uniform:.4f}, the loss of predicting every token "
+        "with equal probability. Randomly initialised weights (the tiny test assets) do that; a real LLM does "
+        "not: check that model.llama_model holds merged weights (Vicuna deltas applied) that match its "
+        "tokenizer, and that fp16 does not overflow (run.precision: bf16)"
+    )
+
+
 def format_step_line(
     stats: WindowStats,
     *,
@@ -237,7 +281,8 @@ def format_step_line(
     eta = datetime.timedelta(seconds=int(eta_seconds))
     return (
         f"train: step={step}/{total_steps} epoch={epoch} iter={inner}/{iters_per_epoch} loss={stats.loss:.4f} "
-        f"lr={lr:.3e} step_time={stats.step_time:.4f} data_time={stats.data_time_per_iter:.4f} "
+        f"grad_norm={stats.grad_norm:.4f} lr={lr:.3e} step_time={stats.step_time:.4f} "
+        f"data_time={stats.data_time_per_iter:.4f} "
         f"samples/s={stats.samples_per_sec:.2f} TokensPerSec={stats.tokens_per_sec:.1f} "
         f"TokensPerSec_padded={stats.padded_tokens_per_sec:.1f} peak_mem_MiB={peak_mem_mib:.0f} "
         f"nonfinite={stats.nonfinite} eta={eta}"
@@ -278,4 +323,5 @@ __all__ = [
     "log_epoch",
     "peak_memory_mib",
     "setup_logger",
+    "uniform_loss_warning",
 ]

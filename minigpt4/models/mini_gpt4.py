@@ -296,6 +296,11 @@ class MiniGPT4(nn.Module):
 
     # --- forward ------------------------------------------------------------------------------
 
+    @property
+    def vocab_size(self) -> int:
+        """The LLM's output vocabulary (the width of its logits)."""
+        return self.llama_model.config.vocab_size
+
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """The LLM's input embedding of token ids: (B, T) -> (B, T, H)."""
         return self.llama_model.get_input_embeddings()(ids)

@@ -7,8 +7,9 @@ and runs the epoch/iteration loop: LR step, autocast forward, backward, optimize
 
 What differs from the reference, and why:
 
-* Nothing in the loop reads a device value per iteration. The loss and the throughput figures are
-  accumulated on the device and read once per log line. A non-finite loss is made to poison the
+* Nothing in the loop reads a device value per iteration. The loss, the gradient norm and the
+  throughput figures are accumulated on the device and read once per log line; a first loss near
+  that of uniform predictions (a broken LLM) is warned about. A non-finite loss is made to poison the
   gradients, so that the loss scaler skips the step on the device (the fused AdamW takes the
   scaler's "found inf" flag); the count of such steps is read with the log line, and the run stops
   once ``run.max_nonfinite_steps`` come in a row.
@@ -61,6 +62,7 @@ from minigpt4.common.logger import (
     log_config,
     log_epoch,
     peak_memory_mib,
+    uniform_loss_warning,
 )
 from minigpt4.common.registry import registry
 from minigpt4.datasets.datasets.dataloader_utils import build_train_loader
@@ -179,15 +181,17 @@ def step_optimizer(
     fixed_scale: float | None,
     trainable: list[nn.Parameter],
     max_grad_norm: float | None,
-) -> None:
-    """Optional clipping, then the optimizer step (skipped, on the device, when a gradient is not
-    finite), the scaler update and zeroed gradients."""
-    if max_grad_norm is not None:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trainable, float(max_grad_norm))
+) -> torch.Tensor:
+    """Unscaled gradients and their total norm, optional clipping, then the optimizer step
+    (skipped, on the device, when a gradient is not finite), the scaler update and zeroed
+    gradients. Returns the norm before clipping, a device tensor (not read here)."""
+    scaler.unscale_(optimizer)
+    max_norm = float("inf") if max_grad_norm is None else float(max_grad_norm)
+    norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
     scaler.step(optimizer)
     scaler.update(fixed_scale)
     optimizer.zero_grad(set_to_none=True)
+    return norm
 
 
 def move_to_device(samples: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -311,8 +315,12 @@ class RunnerBase:
                 stats, **position, iters_per_epoch=iters_per_epoch, lr=lr, peak_mem_mib=peak, eta_seconds=eta
             )
             logger.info(line)
+            vocab_size = getattr(model, "vocab_size", None)
+            if not self.history and vocab_size and (warning := uniform_loss_warning(stats.loss, vocab_size)):
+                logger.warning(warning)  # once, at the first line of a run
             figures = {
                 "loss": stats.loss,
+                "grad_norm": stats.grad_norm,
                 "lr": lr,
                 "step_time": stats.step_time,
                 "data_time": stats.data_time_per_iter,
@@ -353,7 +361,7 @@ class RunnerBase:
                     data_time=data_time,
                 )
                 if optimizer_step:
-                    step_optimizer(optimizer, scaler, fixed_scale, trainable, run.max_grad_norm)
+                    metrics.add_grad_norm(step_optimizer(optimizer, scaler, fixed_scale, trainable, run.max_grad_norm))
 
                 if step % run.log_freq == 0 or i == iters_per_epoch - 1:
                     stats = metrics.read()
