@@ -84,11 +84,13 @@ def test_shard_batches_are_grouped_window_by_window(data, workers):
     assert [b["text_input"] for b in again] == [b["text_input"] for b in grouped]  # seeded
 
 
-def test_map_style_batches_are_grouped_and_each_pass_is_a_new_shuffle(data):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_map_style_batches_are_grouped_and_each_pass_is_a_new_shuffle(data, workers):
     dataset = datasets_of(data, "cc_sbu_align")
     # 48 samples, 2 ranks, batch 4: 6 batches per rank and pass, grouped in windows of 3.
     for rank in (0, 1):
-        loader = build_train_loader(dataset, run_cfg(length_grouping=3), rank=rank, world_size=2)
+        grouped = run_cfg(length_grouping=3, num_workers=workers)
+        loader = build_train_loader(dataset, grouped, rank=rank, world_size=2)
         plain = build_train_loader(dataset, run_cfg(), rank=rank, world_size=2)
         first, second = (list(itertools.islice(loader, 6)) for _ in range(2))
         plain_pass = list(itertools.islice(plain, 6))
