@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # torch is installed first and pinned in the same command as everything that depends on it, so
 # that no dependency pulls another build. Override these on a CUDA or Ascend machine, e.g.
-#   make install TORCH_SPEC='torch==2.5.1' TORCHVISION_SPEC='torchvision==0.20.1'
+#   make install TORCH_SPEC='torch==2.7.1' TORCHVISION_SPEC='torchvision==0.22.1'
 TORCH_SPEC ?= torch==2.13.0
 TORCHVISION_SPEC ?= torchvision==0.28.0
 STAMP := $(VENV)/.installed

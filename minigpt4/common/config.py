@@ -20,6 +20,7 @@ kept as written, relative to the working directory.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 from collections.abc import Sequence
@@ -58,11 +59,13 @@ def _merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
         return OmegaConf.merge(base, layer)
     except ConfigKeyError as exn:
         schema = exn.object_type
-        hint = str(exn.msg).split("\n")[0]
-        hint = hint[hint.index("Did you mean") :] + " " if "Did you mean" in hint else ""
-        valid = ", ".join(f.name for f in dataclasses.fields(schema)) if dataclasses.is_dataclass(schema) else ""
-        parent = exn.full_key.rpartition(".")[0] or "the top level"
-        raise ConfigError(f"{source}: unknown key '{exn.full_key}'. {hint}Valid keys of {parent}: {valid}") from None
+        fields = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
+        parent, _, key = exn.full_key.rpartition(".")
+        # Suggested here, not read from omegaconf's message: omegaconf suggests names only from 2.4 on.
+        close = difflib.get_close_matches(key, fields, n=3)
+        hint = f"Did you mean {' or '.join(map(repr, close))}? " if close else ""
+        valid = f"Valid keys of {parent or 'the top level'}: {', '.join(fields)}"
+        raise ConfigError(f"{source}: unknown key '{exn.full_key}'. {hint}{valid}") from None
     except OmegaConfBaseException as exn:
         raise ConfigError(f"{source}: bad value for '{exn.full_key}': {str(exn.msg).splitlines()[0]}") from None
 
