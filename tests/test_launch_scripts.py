@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,7 @@ def start(script: str, tmp_path: Path, config: Path, options: str, *args: str, *
         "OPTIONS": options,
         "LOG_DIR": str(tmp_path / "logs"),
         "HF_HUB_OFFLINE": "1",
+        "PYTHON": sys.executable,  # the interpreter under test, not whatever .venv the checkout has
         **env,
     }
     command = ["bash", str(SCRIPTS / script), *args]
