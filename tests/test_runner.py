@@ -17,7 +17,8 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import Dataset
 
-import minigpt4  # noqa: F401  (registers every name)
+import minigpt4  # registers every name
+from minigpt4.common import logger as logger_module
 from minigpt4.common.checkpoint import load_checkpoint, resume_checkpoint
 from minigpt4.common.logger import uniform_loss_warning
 from minigpt4.common.schema import RunConfig
@@ -27,6 +28,7 @@ from minigpt4.runners.runner_base import (
     backward_dtype,
     build_optimizer,
     setup_output_dir,
+    step_optimizer,
 )
 from minigpt4.tasks import ImageTextPretrainTask
 
@@ -158,6 +160,13 @@ def test_training_learns_logs_and_checkpoints(tmp_path, caplog):
     assert float(fields["TokensPerSec_padded"]) / float(fields["TokensPerSec"]) == pytest.approx(4 / 3, rel=1e-3)
     assert re.fullmatch(r"\d+:\d\d:\d\d", fields["eta"]) and fields["nonfinite"] == "0"
     assert int(fields["peak_mem_MiB"]) > 0
+    # The examples in the README and in the logger's docstring show the fields in the logged order.
+    documented = [
+        (minigpt4.REPO_ROOT / "README.md").read_text().split("```\ntrain: step=")[1].split("```")[0],
+        logger_module.__doc__.split("    train: step=")[1].split("\n\n")[0],
+    ]
+    for example in documented:
+        assert re.findall(r"(\S+)=", "step=" + example) == list(fields)
 
     out = tmp_path / "out" / "job"
     text = (out / "log.txt").read_text()
@@ -194,8 +203,17 @@ def test_training_learns_logs_and_checkpoints(tmp_path, caplog):
     assert len(ckpt["rng"]) == 1 and set(ckpt["rng"][0]) == {"python", "numpy", "torch"}
 
 
-def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
-    keys = {"max_epoch": 2, "iters_per_epoch": 6, "checkpoint_interval": 2}
+class LengthPairs(Pairs):
+    """Pairs that know their captions' lengths, as run.length_grouping needs."""
+
+    def text_lengths(self) -> list[int]:
+        return [len(f"sample {i}") for i in range(len(self))]
+
+
+@pytest.mark.parametrize("grouping", [0, 3])
+def test_resume_reproduces_the_uninterrupted_losses(tmp_path, grouping):
+    keys = {"max_epoch": 2, "iters_per_epoch": 6, "checkpoint_interval": 2, "length_grouping": grouping}
+    keys["dataset"] = LengthPairs()
     full = train(tmp_path, job_id="full", **keys)
     losses = {h["step"]: h["loss"] for h in full.history}
     out = tmp_path / "out" / "full"
@@ -210,6 +228,7 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
     from_middle = train(tmp_path, job_id="from_middle", resume_ckpt_path=str(out / "checkpoint_last.pth"), **keys)
     assert [h["step"] for h in from_middle.history] == [11, 12]
     assert [h["loss"] for h in from_middle.history] == [losses[11], losses[12]]
+    assert from_middle.model.seen == full.model.seen[-2:]  # the same batches
     assert torch.equal(from_middle.model.proj.weight, full.model.proj.weight)
 
 
@@ -291,6 +310,16 @@ def test_the_logged_gradient_norm_is_unscaled_and_taken_before_clipping(tmp_path
         assert min(logged) > 1e-2 and max(seen) <= 1e-3 * (1 + 1e-4)
     else:  # fp16: the loss scale (65536) is divided out before the norm is taken
         assert logged == pytest.approx(seen, rel=1e-5)
+
+
+def test_gradients_whose_norm_overflows_leave_the_weights_finite():
+    # Each gradient is finite, so the step is taken; only their norm is beyond float32.
+    weight = nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.AdamW([weight], lr=0.1, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    scaler.scale((weight * 1e20).sum()).backward()
+    norm = step_optimizer(optimizer, scaler, 1.0, [weight], max_grad_norm=None)
+    assert torch.isinf(norm) and torch.isfinite(weight).all() and (weight != 0).all()
 
 
 @pytest.mark.parametrize(

@@ -186,8 +186,12 @@ def step_optimizer(
     (skipped, on the device, when a gradient is not finite), the scaler update and zeroed
     gradients. Returns the norm before clipping, a device tensor (not read here)."""
     scaler.unscale_(optimizer)
-    max_norm = float("inf") if max_grad_norm is None else float(max_grad_norm)
-    norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+    if max_grad_norm is None:
+        # Not clip_grad_norm_ with an infinite bound: it multiplies the gradients by inf / norm,
+        # NaN where finite gradients have a norm beyond the float range, and that step is not skipped.
+        norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(trainable, float(max_grad_norm))
     scaler.step(optimizer)
     scaler.update(fixed_scale)
     optimizer.zero_grad(set_to_none=True)
@@ -316,7 +320,9 @@ class RunnerBase:
             )
             logger.info(line)
             vocab_size = getattr(model, "vocab_size", None)
-            if not self.history and vocab_size and (warning := uniform_loss_warning(stats.loss, vocab_size)):
+            # Rank 0 only: the other ranks log warnings too, and every rank holds the same loss.
+            first = is_main_process() and not self.history
+            if first and vocab_size and (warning := uniform_loss_warning(stats.loss, vocab_size)):
                 logger.warning(warning)  # once, at the first line of a run
             figures = {
                 "loss": stats.loss,
