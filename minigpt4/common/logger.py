@@ -4,14 +4,15 @@ Rank 0 logs at INFO, the other ranks only warnings and errors. Every ``run.log_f
 rank 0 writes one line that starts with ``train: step=`` and holds ``key=value`` fields, so that
 scripts can grep and parse it (``test/*.sh`` do):
 
-    train: step=40/400 epoch=0 iter=40/200 loss=2.3456 grad_norm=0.8123 lr=1.000e-05 step_time=0.512
-    data_time=0.003 samples/s=125.0 TokensPerSec=4321.0 TokensPerSec_padded=5678.0 peak_mem_MiB=1234
+    train: step=40/400 epoch=0 iter=40/200 loss=2.3456 grad_norm=0.8123 lr=1.000e-05 step_time=0.5120
+    data_time=0.0030 samples/s=125.00 TokensPerSec=4321.0 TokensPerSec_padded=5678.0 peak_mem_MiB=1234
     nonfinite=0 eta=0:01:23
 
 (one line in the log). Every figure covers the iterations since the previous line, over all
 ranks: ``loss`` is the mean loss, ``grad_norm`` the mean total norm of the trainable parameters'
 gradients at the optimizer steps (unscaled, before clipping; non-finite ones left out, as their
-steps are skipped), ``step_time`` the wall time per iteration, ``samples/s`` and
+steps are skipped; nan when the window holds no optimizer step, as can happen when
+``run.accum_grad_iters`` exceeds ``run.log_freq``), ``step_time`` the wall time per iteration, ``samples/s`` and
 ``TokensPerSec`` the totals of all ranks per second. **TokensPerSec** counts the LLM input tokens
 processed (BOS + prompt + image query tokens + text, as the model reports them in ``tokens``);
 ``TokensPerSec_padded`` counts the padded sequences the LLM actually ran (``padded_tokens``).
