@@ -47,8 +47,9 @@ as training runs them (no synchronisation between steps), and writes ``DIR/trace
 it in Perfetto or chrome://tracing) and ``DIR/ops.txt`` (the costliest operators). The result
 gains ``profile``: values read into Python per step (``aten::_local_scalar_dense``; one of a
 device tensor waits for the device; on a CPU the fused AdamW's own reads of its step count are
-among them) and, on CUDA, synchronisations per step (``cudaStreamSynchronize`` and the like; the
-one closing the profile is not counted). transformers' LLaMA makes one such read per forward.
+among them) and the CUDA synchronisations per step (``cudaStreamSynchronize`` and the like; 0 on
+other devices; the one closing the profile is not counted). transformers' LLaMA makes one such
+read per forward.
 
 ``--compile`` compiles each ViT block and LLM decoder layer with ``torch.compile`` (regional
 compilation: quick to compile, one graph per layer kind), to measure whether it pays.
@@ -123,6 +124,7 @@ PHOTOS = (
 TOKENIZER_VOCAB = 1000  # with the caption corpus, 140 of its 144 lower-case words are single pieces
 POOL_BATCHES = 4  # distinct batches built before timing, cycled through
 PROFILE_STEPS = 2
+PROFILED_RANGE = "benchmark steps"
 SYNC_CALLS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize")
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -295,27 +297,37 @@ def train_step(
     scaler: torch.amp.GradScaler,
     fixed_scale: float | None,
     trainable: list[torch.nn.Parameter],
+    metrics: StepMetrics,
     device: torch.device,
     dtype: torch.dtype | None,
 ) -> dict[str, Any]:
     """One optimizer step, as ``RunnerBase.train`` runs it with ``accum_grad_iters`` 1 and no
-    gradient clipping (the stage configs' settings)."""
+    gradient clipping (the stage configs' settings), its figures added to ``metrics``."""
     with autocast(device, dtype):
         out = task.train_step(model, samples)
     scaled_backward(out["loss"], scaler, trainable)
-    step_optimizer(optimizer, scaler, fixed_scale, trainable, max_grad_norm=None)
+    metrics.update(
+        out["loss"],
+        tokens=out["tokens"],
+        padded_tokens=out["padded_tokens"],
+        samples=samples["image"].shape[0],
+        lr=0.0,
+        data_time=0.0,
+    )
+    metrics.add_grad_norm(step_optimizer(optimizer, scaler, fixed_scale, trainable, max_grad_norm=None))
     return out
 
 
 def profile_steps(step: Callable[[int], object], device: torch.device, folder: Path) -> dict[str, Any]:
-    """``PROFILE_STEPS`` calls of ``step`` under the profiler, one device synchronisation at the end;
-    the trace and the operator table written to ``folder``."""
+    """``PROFILE_STEPS`` calls of ``step`` under the profiler, one device synchronisation after
+    them; the trace and the operator table written to ``folder``."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
-        for i in range(PROFILE_STEPS):
-            step(i)
+        with torch.profiler.record_function(PROFILED_RANGE):
+            for i in range(PROFILE_STEPS):
+                step(i)
         synchronize(device)
     folder.mkdir(parents=True, exist_ok=True)
     trace, ops = folder / "trace.json.gz", folder / "ops.txt"
@@ -324,11 +336,13 @@ def profile_steps(step: Callable[[int], object], device: torch.device, folder: P
     by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     ops.write_text(averages.table(sort_by=by, row_limit=40) + "\n")
     counts = collections.Counter({event.key: event.count for event in averages})
-    syncs = sum(counts[name] for name in SYNC_CALLS) - 1 if device.type == "cuda" else None
+    events = prof.events()
+    steps = next(event.time_range for event in events if event.name == PROFILED_RANGE)
+    syncs = sum(1 for e in events if e.name in SYNC_CALLS and steps.start <= e.time_range.start <= steps.end)
     return {
         "steps": PROFILE_STEPS,
         "scalar_reads_per_step": counts["aten::_local_scalar_dense"] / PROFILE_STEPS,
-        "device_syncs_per_step": None if syncs is None else syncs / PROFILE_STEPS,
+        "device_syncs_per_step": syncs / PROFILE_STEPS,
         "trace": str(trace),
         "ops": str(ops),
     }
@@ -404,6 +418,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         grouped=args.length_grouping > 0,
     )
 
+    metrics = StepMetrics(device)
+
     def step(i: int) -> dict[str, Any]:
         samples = move_to_device(pool[i % batches], device)
         return train_step(
@@ -414,11 +430,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             scaler=scaler,
             fixed_scale=fixed_scale,
             trainable=trainable,
+            metrics=metrics,
             device=device,
             dtype=dtype,
         )
 
-    metrics = StepMetrics(device)
     step_times, padded = [], []
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
@@ -429,14 +445,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if i >= args.warmup:
             step_times.append(time.perf_counter() - t0)
             padded.append(int(out["padded_tokens"]))
-            metrics.update(
-                out["loss"],
-                tokens=out["tokens"],
-                padded_tokens=out["padded_tokens"],
-                samples=batch_size,
-                lr=0.0,
-                data_time=0.0,
-            )
         logger.info("step %d: %.4f s", i + 1, time.perf_counter() - t0)
     stats = metrics.read()
     profile = profile_steps(step, device, args.profile) if args.profile else None
@@ -492,10 +500,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def profile_line(profile: dict[str, Any] | None) -> str:
     if profile is None:
         return ""
-    syncs = profile["device_syncs_per_step"]
     return (
         f"  profile           {profile['scalar_reads_per_step']:g} scalar reads and "
-        f"{'n/a' if syncs is None else format(syncs, 'g')} device synchronisations per step; "
+        f"{profile['device_syncs_per_step']:g} CUDA synchronisations per step; "
         f"{profile['trace']}, {profile['ops']}\n"
     )
 

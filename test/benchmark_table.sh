@@ -31,9 +31,10 @@ for stage in $STAGES; do
         esac
         name="${SIZE}_stage${stage}_${variant}"
         echo "=== $name"
-        # shellcheck disable=SC2086  # EXTRA is a list of arguments
+        # EXTRA is a list of arguments; args[@]+ keeps an empty array valid under set -u on old bash
+        # shellcheck disable=SC2086
         "$PYTHON" test/benchmark.py --size "$SIZE" --stage "$stage" --device "$DEVICE" --steps "$STEPS" \
-            "${args[@]}" $EXTRA --json "$OUT_DIR/$name.json" 2>&1 | tee "$OUT_DIR/$name.log"
+            ${args[@]+"${args[@]}"} $EXTRA --json "$OUT_DIR/$name.json" 2>&1 | tee "$OUT_DIR/$name.log"
         rows+=("$(grep '^| ' "$OUT_DIR/$name.log")")
     done
 done
