@@ -178,6 +178,21 @@ def test_corrupt_samples_are_skipped_warned_and_counted(tmp_path, caplog):
     assert dataset.for_rank(1, 1).skipped == 0
 
 
+def test_a_corrupt_image_found_after_length_grouping_leaves_its_batch_one_short(tmp_path, caplog):
+    words = ["One.", "Two words.", "Three words here.", "Four words are here.", "And five words are here."]
+    samples = [{"key": f"good{i}", "jpg": jpeg(), "json": caption(text)} for i, text in enumerate(words + words[:2])]
+    url = write_shard(
+        tmp_path / "00000.tar", [*samples, {"key": "badimage", "jpg": b"not a jpeg", "json": caption("x")}]
+    )
+    dataset = stream_of(url).grouped_by_length(4, 2)  # a pool of 8: one pass over the shard
+    with caplog.at_level(logging.WARNING):
+        batches = take(iter(dataset), 12)
+    sizes = [len(b["text_input"]) for b in batches]
+    assert set(sizes) == {3, 4} and dataset.skipped == sizes.count(3)
+    assert all(b["image"].shape == (n, 3, 8, 8) for b, n in zip(batches, sizes, strict=True))
+    assert "skipped corrupt sample 'badimage'" in caplog.text
+
+
 def test_a_stream_of_unreadable_shards_stops(tmp_path, caplog):
     with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError, match=r"laion: 100 shard reads failed in a row"):
         next(iter(stream_of(str(tmp_path / "gone.tar"))))

@@ -16,7 +16,7 @@ from dataset.make_synthetic import make_synthetic
 from minigpt4.common.schema import DatasetConfig, RunConfig
 from minigpt4.datasets.builders import build_datasets
 from minigpt4.datasets.datasets.dataloader_utils import build_train_loader
-from minigpt4.datasets.datasets.length_grouping import length_grouped
+from minigpt4.datasets.datasets.length_grouping import length_grouped, length_grouped_batches
 from minigpt4.runners.runner_base import RunnerBase
 
 
@@ -68,19 +68,30 @@ def test_length_grouped_sorts_cuts_and_shuffles():
     assert len(orders) > 1  # the batch order is drawn
 
 
+def test_stream_batches_are_sorted_slices_of_the_pool_and_lose_nothing():
+    rng = random.Random(1)
+    samples = [{"text_input": "x" * rng.randint(1, 50), "id": i} for i in range(23)]
+    batches = list(length_grouped_batches(iter(samples), 4, 3, random.Random(0)))
+    assert sorted(s["id"] for b in batches for s in b) == list(range(23))
+    assert [len(b) for b in batches] == [4, 4, 4, 4, 4, 3]  # the last ones flushed when the stream ends
+    # The first batch: one of the three length-sorted slices of the first full pool of 12.
+    pool = sorted(samples[:12], key=lambda s: len(s["text_input"]))
+    assert batches[0] in (pool[:4], pool[4:8], pool[8:])
+    draws = {
+        tuple(s["id"] for s in next(length_grouped_batches(iter(samples), 4, 3, random.Random(k)))) for k in range(8)
+    }
+    assert len(draws) > 1  # which slice is drawn
+
+
 @pytest.mark.parametrize("workers", [0, 2])
-def test_shard_batches_are_grouped_window_by_window(data, workers):
+def test_shard_batches_are_grouped_by_length(data, workers):
     datasets = datasets_of(data, "laion")
     plain = list(itertools.islice(build_train_loader(datasets, run_cfg(num_workers=workers)), 10))
-    grouped = list(itertools.islice(build_train_loader(datasets, run_cfg(num_workers=workers, length_grouping=5)), 10))
-    assert all(b["image"].shape == (4, 3, 8, 8) for b in grouped)
-    # Each worker groups its own stream; the DataLoader takes batches from the workers in turn, so
-    # worker w's first window of 5 batches is every ``workers``-th batch.
-    for w in range(max(workers, 1)):
-        assert one_window_sorted(grouped[w :: max(workers, 1)][:5])
-    assert not one_window_sorted(plain[:5])
+    cfg = run_cfg(num_workers=workers, length_grouping=5)
+    grouped = list(itertools.islice(build_train_loader(datasets, cfg), 10))
+    assert all(b["image"].shape == (4, 3, 8, 8) and len(b["text_input"]) == 4 for b in grouped)
     assert spread(grouped) < spread(plain) / 2
-    again = list(itertools.islice(build_train_loader(datasets, run_cfg(num_workers=workers, length_grouping=5)), 10))
+    again = list(itertools.islice(build_train_loader(datasets, cfg), 10))
     assert [b["text_input"] for b in again] == [b["text_input"] for b in grouped]  # seeded
 
 

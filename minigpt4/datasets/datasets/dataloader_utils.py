@@ -95,7 +95,9 @@ def _build_loader(
         "generator": _loader_generator(seed, rank, name),
     }
     if isinstance(dataset, ImageTextShards):
-        stream = dataset.for_rank(seed, rank).grouped_by_length(batch_size, grouping)
+        stream = dataset.for_rank(seed, rank)
+        if grouping:  # the stream gives whole batches
+            return iter(DataLoader(stream.grouped_by_length(batch_size, grouping), batch_size=None, **common))
         return iter(DataLoader(stream, batch_size=batch_size, **common))
     if isinstance(dataset, IterableDataset):
         raise TypeError(f"{name}: iterable datasets other than ImageTextShards cannot be seeded per rank")

@@ -12,8 +12,9 @@ no answer, this one:
   counts it in ``skipped``, but stops after ``MAX_BROKEN_IN_A_ROW`` unreadable shards in a row;
 * stops with ``ShardFormatError`` naming the shard, the sample and the keys it has when a sample
   lacks ``jpg``, ``json`` or the json's ``caption``: that is a wrong format, not bad luck;
-* groups samples into batches of similar caption length on request (``grouped_by_length``,
-  ``run.length_grouping``).
+* on request (``grouped_by_length``, ``run.length_grouping``) gives whole batches of similar
+  caption length, grouped before the images are decoded; an image found corrupt after grouping
+  leaves its batch one sample short.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ import braceexpand
 import numpy as np
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
-from minigpt4.datasets.datasets.length_grouping import length_grouped_stream
+from minigpt4.datasets.datasets.length_grouping import length_grouped_batches
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ def resolve_shards(storage: str | Sequence[str], name: str) -> list[str]:
 
 
 class ImageTextShards(IterableDataset):
-    """An endless stream of ``{"image": tensor (3, H, W), "text_input": str}`` from shards."""
+    """An endless stream of ``{"image": tensor (3, H, W), "text_input": str}`` from shards or,
+    grouped by length, of whole batches ``{"image": (B, 3, H, W), "text_input": B str}``."""
 
     def __init__(
         self,
@@ -135,8 +137,8 @@ class ImageTextShards(IterableDataset):
         return dataset
 
     def grouped_by_length(self, batch_size: int, batches: int) -> ImageTextShards:
-        """A copy whose stream comes in runs of ``batch_size`` samples of similar caption length,
-        ``batches`` batches' worth at a time (``length_grouped_stream``); 0 batches: no grouping."""
+        """A copy that gives batches of ``batch_size`` samples of similar caption length, drawn
+        from a pool of ``batches`` batches (``length_grouped_batches``)."""
         dataset = copy.copy(self)
         dataset.group_batch_size, dataset.group_batches = batch_size, batches
         return dataset
@@ -144,24 +146,24 @@ class ImageTextShards(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = get_worker_info()
         seed = stream_seed(self.seed, self.rank, worker.id if worker else 0, name_id(self.name))
-        pipeline = wds.DataPipeline(
+        stages = [
             # The seed already tells ranks and workers apart; webdataset's own worker seed would
             # read RANK from the environment behind our back.
             wds.ResampledShards(self.urls, seed=seed, worker_seed=lambda: 0, deterministic=True),
             wds.tarfile_to_samples(handler=self._skip_broken_member),
             wds.shuffle(SHUFFLE_BUFFER, initial=SHUFFLE_INITIAL, rng=random.Random(seed)),
-            self._to_pairs,
-        )
+            self._parse,
+        ]
         if self.group_batches:
-            pipeline.append(
-                functools.partial(
-                    length_grouped_stream,
-                    batch_size=self.group_batch_size,
-                    batches=self.group_batches,
-                    rng=random.Random(stream_seed(seed, 1)),
-                )
+            # Grouped before decoding, so that the pool holds compressed images only.
+            rng = random.Random(stream_seed(seed, 1))
+            group = functools.partial(
+                length_grouped_batches, batch_size=self.group_batch_size, batches=self.group_batches, rng=rng
             )
-        return iter(pipeline)
+            stages += [group, self._decode_batches]
+        else:
+            stages.append(self._decode)
+        return iter(wds.DataPipeline(*stages))
 
     def _skip_broken_member(self, exn: Exception) -> bool:
         self.skipped += 1
@@ -176,7 +178,9 @@ class ImageTextShards(IterableDataset):
         )
         return True
 
-    def _to_pairs(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _parse(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Samples with their keys checked and their caption read and processed; the image still
+        compressed (``jpg``)."""
         for sample in samples:
             self.broken_in_a_row = 0
             url, key = sample.get("__url__"), sample.get("__key__")
@@ -184,10 +188,8 @@ class ImageTextShards(IterableDataset):
             if missing:
                 raise ShardFormatError(_format_error(self.name, url, key, f"has no {', '.join(missing)}", sample))
             try:
-                with Image.open(io.BytesIO(sample[IMAGE_KEY])) as raw:
-                    image = raw.convert("RGB")
                 meta = json.loads(sample[META_KEY])
-            except (OSError, SyntaxError, ValueError) as exn:
+            except ValueError as exn:
                 self._skip_corrupt(url, key, f"{type(exn).__name__}: {exn}")
                 continue
             if not isinstance(meta, dict) or CAPTION_FIELD not in meta:
@@ -198,7 +200,26 @@ class ImageTextShards(IterableDataset):
             if not isinstance(caption, str):
                 self._skip_corrupt(url, key, f"caption is {caption!r}")
                 continue
-            yield {"image": self.vis_processor(image), "text_input": self.text_processor(caption)}
+            text = self.text_processor(caption)
+            yield {IMAGE_KEY: sample[IMAGE_KEY], "text_input": text, "__url__": url, "__key__": key}
+
+    def _decode(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """``{"image", "text_input"}`` pairs, the image decoded to RGB and processed; a sample whose
+        image does not decode is skipped."""
+        for sample in samples:
+            try:
+                with Image.open(io.BytesIO(sample[IMAGE_KEY])) as raw:
+                    image = raw.convert("RGB")
+            except (OSError, SyntaxError, ValueError) as exn:
+                self._skip_corrupt(sample["__url__"], sample["__key__"], f"{type(exn).__name__}: {exn}")
+                continue
+            yield {"image": self.vis_processor(image), "text_input": sample["text_input"]}
+
+    def _decode_batches(self, batches: Iterator[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        """Each list of parsed samples as one collated batch."""
+        for batch in batches:
+            if pairs := list(self._decode(batch)):
+                yield default_collate(pairs)
 
     def _skip_corrupt(self, url: str | None, key: str | None, reason: str) -> None:
         self.skipped += 1

@@ -2,16 +2,24 @@
 
 The model pads each batch's token sequences to the longest one, so a batch that mixes an 8-word
 caption with a 20-word one runs the LLM over pad positions. With ``run.length_grouping: N`` the
-loader gathers N batches' worth of samples, sorts them by text length (characters: the tokens are
-not known before the model tokenizes), cuts them into N batches and hands those out in random
-order. Which samples are seen, and how often, does not change; only which samples share a batch,
-and through it the weight of each sample's tokens in its batch's mean loss. 0 (the reference)
-keeps batches as the shuffle made them.
+loader keeps N batches' worth of samples, sorts them by text length (characters: the tokens are
+not known before the model tokenizes) and cuts batches from them:
+
+* a map-style dataset (``cc_sbu_align``): each rank's shuffled pass, N batches at a time, is sorted
+  and cut into N batches handed out in random order (``LengthGroupedBatchSampler``);
+* a stream (``laion``, ``cc_sbu``): a pool of N batches' worth of samples, before their images are
+  decoded; each batch is one of the N length-sorted slices of the pool, drawn at random, and its
+  place is refilled from the stream (``length_grouped_batches``). Every sample leaves the pool
+  with the same chance at each draw, one batch comes out per batch read, and the pool holds
+  compressed images only.
+
+Which samples are seen, and how often, does not change; only which samples share a batch, and
+through it the weight of each sample's tokens in its batch's mean loss. 0 (the reference) keeps
+batches as the shuffle made them.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
@@ -30,16 +38,24 @@ def length_grouped(items: Sequence[T], lengths: Sequence[int], batch_size: int, 
     return batches
 
 
-def length_grouped_stream(
+def length_grouped_batches(
     samples: Iterator[dict[str, Any]], batch_size: int, batches: int, rng: random.Random
-) -> Iterator[dict[str, Any]]:
-    """A stream of ``{"text_input": str, ...}`` samples re-ordered window by window: every
-    ``batches`` x ``batch_size`` samples come out as ``batches`` runs of ``batch_size`` of similar
-    text length. A DataLoader that batches this stream by ``batch_size`` gets those runs as its
-    batches (each worker process batches its own stream)."""
-    while window := list(itertools.islice(samples, batches * batch_size)):
-        for batch in length_grouped(window, [len(s["text_input"]) for s in window], batch_size, rng):
-            yield from batch
+) -> Iterator[list[dict[str, Any]]]:
+    """Lists of ``batch_size`` ``{"text_input": str, ...}`` samples of similar text length, from a
+    pool of ``batches`` x ``batch_size``: sorted by length, one of its ``batches`` slices drawn,
+    the pool refilled. When ``samples`` ends, the rest of the pool comes out sorted, the last
+    list shorter where it does not divide."""
+    pool: list[dict[str, Any]] = []
+    for sample in samples:
+        pool.append(sample)
+        if len(pool) == batches * batch_size:
+            pool.sort(key=lambda s: len(s["text_input"]))
+            start = rng.randrange(batches) * batch_size
+            yield pool[start : start + batch_size]
+            del pool[start : start + batch_size]
+    pool.sort(key=lambda s: len(s["text_input"]))
+    for start in range(0, len(pool), batch_size):
+        yield pool[start : start + batch_size]
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
