@@ -53,12 +53,10 @@ def per_worker(datasets: dict, samples: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def through_loader(datasets: dict, workers: int, batch_size: int, batches: int) -> float:
-    run = OmegaConf.merge(
-        OmegaConf.structured(RunConfig), {"device": "cpu", "num_workers": workers, "batch_size_train": batch_size}
-    )
-    loader = build_train_loader(datasets, run)
-    for _ in range(max(2, workers)):  # workers started, first batches ready
+def through_loader(datasets: dict, workers: int, batch_size: int, batches: int, length_grouping: int) -> float:
+    keys = {"device": "cpu", "num_workers": workers, "batch_size_train": batch_size, "length_grouping": length_grouping}
+    loader = build_train_loader(datasets, OmegaConf.merge(OmegaConf.structured(RunConfig), keys))
+    for _ in range(max(2, workers)):  # workers started, first batches ready (with grouping: pools filled)
         next(loader)
     start = time.perf_counter()
     for _ in itertools.repeat(None, batches):
@@ -66,7 +64,7 @@ def through_loader(datasets: dict, workers: int, batch_size: int, batches: int) 
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="shards to read (folder, pattern or list); default: synthetic 256-px shards")
     parser.add_argument("--image-size", type=int, default=224)
@@ -74,8 +72,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="DataLoader worker counts to time")
     parser.add_argument("--batch-size", type=int, default=64, help="stage 1 uses 64 per GPU")
     parser.add_argument("--batches", type=int, default=10, help="batches timed per worker count")
+    parser.add_argument("--length-grouping", type=int, default=0, metavar="N", help="run.length_grouping")
     parser.add_argument("--step-time", type=float, default=None, help="seconds per GPU training step, if known")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as scratch:
         storage = args.data
@@ -90,8 +89,9 @@ def main() -> None:
             f"({1000 / rate:.2f} ms/image), data: {storage}"
         )
         for workers in args.workers:
-            total = through_loader(datasets, workers, args.batch_size, args.batches)
-            print(f"DataLoader, {workers} workers, batch {args.batch_size}: {total:.0f} images/s")
+            total = through_loader(datasets, workers, args.batch_size, args.batches, args.length_grouping)
+            grouping = f", length_grouping {args.length_grouping}" if args.length_grouping else ""
+            print(f"DataLoader, {workers} workers, batch {args.batch_size}{grouping}: {total:.0f} images/s")
         if args.step_time:
             need = args.batch_size / args.step_time
             print(

@@ -9,6 +9,7 @@ import gzip
 import importlib.util
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -22,16 +23,16 @@ from minigpt4.common.flops import FlopModel
 BENCHMARK = Path(__file__).resolve().parents[1] / "test" / "benchmark.py"
 
 
-def load_benchmark():
+def load_script(path: Path, name: str):
     # ``test`` is also the name of Python's own test package: load the script by its path.
-    spec = importlib.util.spec_from_file_location("minigpt4_benchmark", BENCHMARK)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
-bench = load_benchmark()
+bench = load_script(BENCHMARK, "minigpt4_benchmark")
 
 # ViT-g/14: 39 blocks of qkv (3 d^2), proj (d^2), fc1 and fc2 (d x 6144 each), plus the patch conv.
 VIT_G_MATMUL = 39 * (4 * 1408**2 + 2 * 1408 * 6144) + 1408 * 3 * 14 * 14
@@ -216,3 +217,16 @@ def test_compiled_layers_compute_the_eager_loss(tmp_path, one_thread):
     assert compiled["compile"] is True and ", compiled |" in bench.table_row(compiled)
     assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-4)
     assert compiled["tokens_per_step"] == eager["tokens_per_step"]
+
+
+@pytest.mark.parametrize("grouping", [0, 2])
+def test_dataloader_benchmark_reports_each_worker_count(capsys, one_thread, grouping):
+    loader_bench = load_script(BENCHMARK.parent / "benchmark_dataloader.py", "minigpt4_benchmark_dataloader")
+    argv = ["--image-size", "32", "--samples", "20", "--workers", "0", "1", "--batch-size", "4", "--batches", "3"]
+    loader_bench.main([*argv, "--step-time", "0.5", "--length-grouping", str(grouping)])
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"decode \+ blip2_image_train\(32\) \+ blip_caption: \d+ images/s per worker .*", lines[0])
+    suffix = f", length_grouping {grouping}" if grouping else ""
+    for line, workers in zip(lines[1:3], (0, 1), strict=True):
+        assert re.fullmatch(rf"DataLoader, {workers} workers, batch 4{suffix}: \d+ images/s", line)
+    assert re.fullmatch(r"a GPU step of 4 images every 0.5 s needs 8 images/s: 1 workers per GPU", lines[3])
