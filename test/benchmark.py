@@ -86,7 +86,7 @@ from PIL import Image
 from transformers import LlamaConfig
 
 from minigpt4 import REPO_ROOT  # (importing the package registers every YAML name)
-from minigpt4.common.device import autocast, init_device, resolve_device, synchronize
+from minigpt4.common.device import accelerator_name, autocast, init_device, resolve_device, synchronize
 from minigpt4.common.flops import minigpt4_flop_model, peak_flops
 from minigpt4.common.logger import StepMetrics, peak_memory_mib, setup_logger
 from minigpt4.common.registry import registry
@@ -267,8 +267,8 @@ def make_pool(
 
 
 def device_name(device: torch.device) -> str:
-    if device.type != "cpu":
-        return torch.get_device_module(device.type).get_device_name(device)
+    if name := accelerator_name(device):
+        return name
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
     model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)

@@ -12,7 +12,7 @@ from torch.ops import aten
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from minigpt4.common.flops import FlopModel, linear_weight_params, minigpt4_flop_model, peak_flops
+from minigpt4.common.flops import FlopModel, linear_weight_params, minigpt4_flop_model, peak_flops, window_mfu
 
 LLAMA_7B = LlamaConfig(
     hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000
@@ -179,3 +179,14 @@ def test_training_step_matches_torch_flop_counter(tiny):
     model.zero_grad(set_to_none=True)
     padded = out["padded_tokens"]
     assert flops == pytest.approx(fm.step_flops(images=3, tokens=padded, seq_len=padded // 3), rel=0.02)
+
+
+def test_window_mfu_is_the_flop_model_over_time_and_peak():
+    fm = FlopModel(
+        vit_matmul_params=10**9, vit_depth=39, vit_width=1408, vit_tokens=257,
+        qformer_matmul_params=10**8, qformer_cross_kv_params=10**7, num_query_token=32,
+        llm_matmul_params=6 * 10**9, llm_layers=32, llm_hidden=4096,
+    )  # fmt: skip
+    # 128 samples of 56 padded tokens in 0.5 s on two devices of 989 TFLOP/s
+    mfu = window_mfu(fm, samples=128, padded_tokens=128 * 56, seconds=0.5, peak=2 * 989e12)
+    assert mfu == pytest.approx(fm.step_flops(images=128, tokens=128 * 56, seq_len=56) / 0.5 / (2 * 989e12))

@@ -159,6 +159,7 @@ def test_training_learns_logs_and_checkpoints(tmp_path, caplog):
     assert float(fields["TokensPerSec"]) / float(fields["samples/s"]) == pytest.approx(TOKENS_PER_SAMPLE, rel=1e-3)
     assert float(fields["TokensPerSec_padded"]) / float(fields["TokensPerSec"]) == pytest.approx(4 / 3, rel=1e-3)
     assert re.fullmatch(r"\d+:\d\d:\d\d", fields["eta"]) and fields["nonfinite"] == "0"
+    assert fields["mfu"] == "n/a"  # a CPU, and a model that does not count its FLOPs
     assert int(fields["peak_mem_MiB"]) > 0
     # The examples in the README and in the logger's docstring show the fields in the logged order.
     documented = [

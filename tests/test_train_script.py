@@ -16,6 +16,7 @@ from tiny_assets import REPO_ROOT, STAGE1_TINY, STAGE2_TINY, tiny_path_options, 
 
 import train
 from minigpt4.common.checkpoint import load_checkpoint, trainable_state_dict
+from minigpt4.runners import runner_base
 
 
 def argv(config: Path, *options: str) -> list[str]:
@@ -159,3 +160,17 @@ def test_length_grouping_trains_on_batches_with_less_padding(in_tiny_root, tmp_p
         return line["TokensPerSec"] / line["TokensPerSec_padded"]
 
     assert real_share(5) > real_share(0) + 0.02  # measured: 0.946 and 0.900
+
+
+def test_mfu_is_logged_on_an_accelerator_whose_peak_is_known(in_tiny_root, tmp_path, monkeypatch, caplog):
+    # The run is on the CPU; the runner is told it runs on an H100 (989 TFLOP/s), the rest is real.
+    monkeypatch.setattr(runner_base, "accelerator_name", lambda _device: "NVIDIA H100 80GB HBM3")
+    options = ["run.num_workers=0", "run.max_epoch=1", "run.iters_per_epoch=2", "run.batch_size_train=4"]
+    with caplog.at_level(logging.INFO):
+        runner = train.main(argv(STAGE1_TINY, *options, "run.log_freq=2", f"run.output_dir={tmp_path / 'out'}"))
+    (line,) = runner.history
+    samples, padded = line["samples_per_sec"], line["TokensPerSec_padded"]  # per second: MFU is linear in both
+    flops = runner.model.flop_model().step_flops(images=samples, tokens=padded, seq_len=padded / samples)
+    assert line["mfu"] == pytest.approx(flops / 989e12, rel=1e-9)
+    (logged,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train: step=")]
+    assert f" mfu={line['mfu']:.4f} " in logged

@@ -114,6 +114,13 @@ def synchronize(device: torch.device) -> None:
         torch.npu.synchronize(device)
 
 
+def accelerator_name(device: torch.device) -> str | None:
+    """The accelerator's model name as its runtime reports it (None on a CPU)."""
+    if device.type == "cpu":
+        return None
+    return torch.get_device_module(device.type).get_device_name(device)
+
+
 def max_memory_allocated(device: torch.device) -> int:
     """Peak bytes allocated on the device since start (0 on CPU, where torch does not track it)."""
     if device.type == "cuda":

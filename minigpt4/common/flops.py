@@ -88,6 +88,15 @@ class FlopModel:
         return images * self.vision_flops_per_image() + self.llm_flops(tokens, seq_len)
 
 
+def window_mfu(model: FlopModel, samples: float, padded_tokens: float, seconds: float, peak: float) -> float:
+    """MFU of a stretch of training in which ``samples`` samples (one image each) and
+    ``padded_tokens`` LLM positions were processed in ``seconds`` on devices of ``peak`` FLOP/s in
+    all. The attention term takes the mean padded length for every sequence (it is about 1% of the
+    total, and nearly linear in the length)."""
+    flops = model.step_flops(images=samples, tokens=padded_tokens, seq_len=padded_tokens / max(samples, 1))
+    return flops / seconds / peak
+
+
 def linear_weight_params(module: nn.Module) -> int:
     """Weights of every ``nn.Linear`` and ``nn.Conv2d`` under ``module`` (works on the meta device)."""
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))

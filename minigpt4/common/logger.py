@@ -5,17 +5,20 @@ rank 0 writes one line that starts with ``train: step=`` and holds ``key=value``
 scripts can grep and parse it (``test/*.sh`` do):
 
     train: step=40/400 epoch=0 iter=40/200 loss=2.3456 grad_norm=0.8123 lr=1.000e-05 step_time=0.5120
-    data_time=0.0030 samples/s=125.00 TokensPerSec=4321.0 TokensPerSec_padded=5678.0 peak_mem_MiB=1234
-    nonfinite=0 eta=0:01:23
+    data_time=0.0030 samples/s=125.00 TokensPerSec=4321.0 TokensPerSec_padded=5678.0 mfu=0.4012
+    peak_mem_MiB=1234 nonfinite=0 eta=0:01:23
 
 (one line in the log). Every figure covers the iterations since the previous line, over all
 ranks: ``loss`` is the mean loss, ``grad_norm`` the mean total norm of the trainable parameters'
 gradients at the optimizer steps (unscaled, before clipping; non-finite ones left out, as their
 steps are skipped; nan when the window holds no optimizer step, as can happen when
-``run.accum_grad_iters`` exceeds ``run.log_freq``), ``step_time`` the wall time per iteration, ``samples/s`` and
-``TokensPerSec`` the totals of all ranks per second. **TokensPerSec** counts the LLM input tokens
-processed (BOS + prompt + image query tokens + text, as the model reports them in ``tokens``);
-``TokensPerSec_padded`` counts the padded sequences the LLM actually ran (``padded_tokens``).
+``run.accum_grad_iters`` exceeds ``run.log_freq``), ``step_time`` the wall time per iteration,
+``samples/s`` and ``TokensPerSec`` the totals of all ranks per second. **TokensPerSec** counts the
+LLM input tokens processed (BOS + prompt + image query tokens + text, as the model reports them in
+``tokens``); ``TokensPerSec_padded`` counts the padded sequences the LLM actually ran
+(``padded_tokens``). ``mfu`` is the model FLOPs of the window (``minigpt4.common.flops``) per second
+over the peak of all ranks' accelerators; ``n/a`` on a CPU, on an accelerator whose peak is not in
+``flops.PEAK_FLOPS``, or for a model that does not count its FLOPs.
 ``peak_mem_MiB`` is the device's peak allocated memory (on CPU, the process's peak resident set).
 """
 
@@ -277,6 +280,7 @@ def format_step_line(
     iters_per_epoch: int,
     lr: float,
     peak_mem_mib: float,
+    mfu: float | None,
     eta_seconds: float,
 ) -> str:
     eta = datetime.timedelta(seconds=int(eta_seconds))
@@ -285,7 +289,8 @@ def format_step_line(
         f"grad_norm={stats.grad_norm:.4f} lr={lr:.3e} step_time={stats.step_time:.4f} "
         f"data_time={stats.data_time_per_iter:.4f} "
         f"samples/s={stats.samples_per_sec:.2f} TokensPerSec={stats.tokens_per_sec:.1f} "
-        f"TokensPerSec_padded={stats.padded_tokens_per_sec:.1f} peak_mem_MiB={peak_mem_mib:.0f} "
+        f"TokensPerSec_padded={stats.padded_tokens_per_sec:.1f} mfu={'n/a' if mfu is None else f'{mfu:.4f}'} "
+        f"peak_mem_MiB={peak_mem_mib:.0f} "
         f"nonfinite={stats.nonfinite} eta={eta}"
     )
 

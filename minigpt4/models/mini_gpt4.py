@@ -33,6 +33,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from minigpt4.common.device import autocast, autocast_dtype, parse_dtype, resolve_device
+from minigpt4.common.flops import FlopModel, minigpt4_flop_model
 from minigpt4.common.registry import UnknownNameError, registry
 from minigpt4.common.schema import ModelConfig
 from minigpt4.models.eva_vit import FP32LayerNorm, build_eva_vit, load_eva_vit
@@ -295,6 +296,10 @@ class MiniGPT4(nn.Module):
         return super()._apply(fn, recurse=False)  # query_tokens and this module's own buffers
 
     # --- forward ------------------------------------------------------------------------------
+
+    def flop_model(self) -> FlopModel:
+        """This model's training FLOP counts (``minigpt4.common.flops``), for MFU."""
+        return minigpt4_flop_model(self)
 
     @property
     def vocab_size(self) -> int:

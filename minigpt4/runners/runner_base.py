@@ -45,7 +45,7 @@ from minigpt4.common.checkpoint import (
     set_rng_state,
     trainable_state_dict,
 )
-from minigpt4.common.device import autocast, autocast_dtype, parse_dtype
+from minigpt4.common.device import accelerator_name, autocast, autocast_dtype, parse_dtype
 from minigpt4.common.dist_utils import (
     all_gather_object,
     barrier,
@@ -54,6 +54,7 @@ from minigpt4.common.dist_utils import (
     init_distributed_mode,
     is_main_process,
 )
+from minigpt4.common.flops import peak_flops, window_mfu
 from minigpt4.common.logger import (
     StepMetrics,
     TensorBoard,
@@ -290,6 +291,10 @@ class RunnerBase:
             log_config(self.output_dir, self.config.to_dict())
         tensorboard = TensorBoard(self.output_dir / "tensorboard") if is_main_process() else None
         metrics = StepMetrics(device)
+        # MFU where the accelerator's peak is known and the model counts its FLOPs (MiniGPT4 does).
+        name = accelerator_name(device)
+        peak_device_flops = peak_flops(name) if name else None
+        flop_model = model.flop_model() if peak_device_flops and hasattr(model, "flop_model") else None
         logger.info(
             "Start training: %d epochs x %d iterations, batch %d x %d ranks, precision %s, device %s",
             run.max_epoch, iters_per_epoch, run.batch_size_train, world_size, dtype or torch.float32, device,
@@ -314,9 +319,13 @@ class RunnerBase:
         def log_step(stats: WindowStats, step: int, epoch: int, inner: int, lr: float) -> dict[str, Any]:
             peak = peak_memory_mib(device)
             eta = stats.step_time * (total_steps - step)
+            mfu = None
+            if flop_model is not None:
+                all_devices = peak_device_flops * world_size
+                mfu = window_mfu(flop_model, stats.samples, stats.padded_tokens, stats.elapsed, all_devices)
             position = {"step": step, "total_steps": total_steps, "epoch": epoch, "inner": inner}
             line = format_step_line(
-                stats, **position, iters_per_epoch=iters_per_epoch, lr=lr, peak_mem_mib=peak, eta_seconds=eta
+                stats, **position, iters_per_epoch=iters_per_epoch, lr=lr, peak_mem_mib=peak, mfu=mfu, eta_seconds=eta
             )
             logger.info(line)
             vocab_size = getattr(model, "vocab_size", None)
@@ -333,11 +342,12 @@ class RunnerBase:
                 "samples_per_sec": stats.samples_per_sec,
                 "TokensPerSec": stats.tokens_per_sec,
                 "TokensPerSec_padded": stats.padded_tokens_per_sec,
+                "mfu": mfu,
                 "peak_mem_MiB": peak,
                 "nonfinite": stats.nonfinite,
             }
             if tensorboard is not None:
-                tensorboard.add_scalars(step, {f"train/{k}": v for k, v in figures.items()})
+                tensorboard.add_scalars(step, {f"train/{k}": v for k, v in figures.items() if v is not None})
             return {"step": step, "epoch": epoch, **figures}
 
         # --- the loop ---
