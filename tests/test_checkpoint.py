@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from golden_model import build_golden_model
 from torch import nn
 
 from minigpt4.common.checkpoint import (
@@ -49,6 +51,16 @@ def test_load_trainable_state_dict_is_strict_about_trainable_keys():
         load_trainable_state_dict(model, {k: v for k, v in state.items() if k != "proj.bias"}, "ckpt.pth")
     with pytest.raises(KeyError, match=r"missing none; unexpected \['llama_proj.weight'\]"):
         load_trainable_state_dict(model, {**state, "llama_proj.weight": torch.zeros(1)}, "ckpt.pth")
+
+
+def test_a_reference_runner_checkpoint_resumes(golden_dir: Path):
+    """The 2023 runner also saved the Q-Former's position_ids and LLaMA's inv_freq buffers."""
+    model = build_golden_model(golden_dir, ckpt="")
+    state = load_checkpoint(golden_dir / "checkpoint_0.pth")["model"]
+    assert "Qformer.bert.embeddings.position_ids" in state
+    load_trainable_state_dict(model, state, "checkpoint_0.pth")
+    assert torch.equal(model.llama_proj.weight, state["llama_proj.weight"])
+    assert torch.equal(model.llama_proj.bias, state["llama_proj.bias"])
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -295,6 +295,19 @@ class MiniGPT4(nn.Module):
                 child._apply(fn)
         return super()._apply(fn, recurse=False)  # query_tokens and this module's own buffers
 
+    # --- checkpoints --------------------------------------------------------------------------
+
+    @staticmethod
+    def checkpoint_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint's ``model`` entry under this model's names: the reference's Q-Former names
+        mapped, the buffers its runner saved and this model computes itself dropped. Used by
+        ``ckpt`` loading and by the runner's resume (``load_trainable_state_dict``)."""
+        return {
+            blip2_to_ours(key): value
+            for key, value in state.items()
+            if not any(pattern.match(key) for pattern in REFERENCE_BUFFERS)
+        }
+
     # --- forward ------------------------------------------------------------------------------
 
     def flop_model(self) -> FlopModel:
@@ -437,11 +450,7 @@ def load_minigpt4_checkpoint(model: MiniGPT4, path: Path) -> None:
         raise WeightLoadError(
             f"{path} is not a MiniGPT-4 checkpoint: expected a dict with a 'model' entry, got {found}"
         )
-    state = {
-        blip2_to_ours(key): value
-        for key, value in checkpoint["model"].items()
-        if not any(pattern.match(key) for pattern in REFERENCE_BUFFERS)
-    }
+    state = model.checkpoint_state(checkpoint["model"])
     expected = model.state_dict()
     optional = set(expected) - set(PROJECTION_KEYS)
     check_state_dict(expected, state, f"the MiniGPT-4 checkpoint {path}", explain_checkpoint_shape, optional)
