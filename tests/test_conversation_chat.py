@@ -193,3 +193,16 @@ def test_a_failed_answer_leaves_the_conversation_as_it_was(chat, golden_dir, mon
     with pytest.raises(RuntimeError, match="device lost"):
         list(chat.stream_answer(conv, img_list, **GREEDY))
     assert conv.messages == before
+
+
+def test_a_refused_answer_leaves_the_conversation_as_it_was(chat, golden_dir):
+    conv, img_list = start(chat, str(golden_dir / "chelsea.jpg"))
+    before = [list(m) for m in conv.messages]
+    with pytest.raises(ValueError, match="no room for the context"):
+        chat.answer(conv, img_list, max_new_tokens=600)
+    assert conv.messages == before
+    with pytest.raises(ValueError, match="1 image placeholder"):
+        list(chat.stream_answer(conv, img_list * 2, **GREEDY))
+    assert conv.messages == before
+    chat.answer(conv, img_list, **GREEDY)  # a later answer sees the prompt of one pending turn
+    assert [role for role, _ in conv.messages] == ["Human", "Assistant"]

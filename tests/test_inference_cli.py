@@ -17,6 +17,7 @@ from minigpt4.conversation.batch_inference import InputError, main, read_request
 from minigpt4.conversation.conversation import CONV_VISION, Chat
 from tests.conftest import REPO_ROOT
 from tests.golden_model import build_golden_model, golden_model_config
+from tests.test_demo import png_header
 
 QUESTION = "What is in this image?"
 COMMON = ["--device", "cpu", "--max-new-tokens", "10"]
@@ -78,20 +79,23 @@ def test_folder_in_batches_equals_one_by_one(cfg_path, photos, expected_answers,
 
 def test_jsonl_keeps_extra_keys_and_reports_unreadable_images(cfg_path, photos, expected_answers, tmp_path):
     (tmp_path / "broken.jpg").write_text("not a picture")
+    (tmp_path / "huge.png").write_bytes(png_header(30000, 30000))  # past PIL's decompression-bomb limit
     source = tmp_path / "questions.jsonl"
     rows = [
         {"id": 1, "image": str(photos / "b.jpg"), "question": QUESTION},
         {"id": 2, "image": "broken.jpg"},
         {"id": 3, "image": str(photos / "c.png")},
+        {"id": 4, "image": "huge.png"},
     ]
     source.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     out = tmp_path / "out" / "answers.jsonl"
     argv = ["--cfg-path", cfg_path, "--input", str(source), "--question", QUESTION, "--output", str(out)]
     assert main([*argv, *COMMON]) == 1
-    first, broken, third = read_jsonl(out)
+    first, broken, third, huge = read_jsonl(out)
     assert (first["id"], first["answer"]) == (1, expected_answers["b.jpg"])
     assert broken["id"] == 2 and "not an image" in broken["error"] and "answer" not in broken
     assert (third["id"], third["question"], third["answer"]) == (3, QUESTION, expected_answers["c.png"])
+    assert huge["id"] == 4 and "too large to open safely" in huge["error"] and "answer" not in huge
 
 
 def test_inputs_are_checked_before_the_model_loads(photos, tmp_path, caplog):

@@ -287,6 +287,8 @@ def load_image(image: str | Path | Image.Image) -> Image.Image:
             return opened.convert("RGB")
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"{path} is not an image that PIL can read ({err})") from err
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{path} is too large to open safely ({err})") from err
 
 
 def postprocess_answer(text: str, sep: str = CONV_VISION.sep, role: str = CONV_VISION.roles[1]) -> str:
@@ -422,7 +424,11 @@ class Chat:
 
     def _prepare(self, conv: Conversation, img_list: Sequence[torch.Tensor], decoding: Decoding) -> torch.Tensor:
         conv.append_message(conv.roles[1], None)
-        return self._fit(self.get_context_emb(conv, img_list), decoding)
+        try:
+            return self._fit(self.get_context_emb(conv, img_list), decoding)
+        except BaseException:
+            conv.messages.pop()  # a refused answer leaves the conversation as it was
+            raise
 
     @torch.no_grad()
     def _generate(
