@@ -118,6 +118,14 @@ def test_inputs_are_checked_before_the_model_loads(photos, tmp_path, caplog):
     assert "does not exist" in caplog.text
 
 
+def test_too_many_new_tokens_for_the_llm_is_refused_before_any_output(cfg_path, photos, tmp_path, caplog):
+    out = tmp_path / "answers.jsonl"
+    argv = ["--cfg-path", cfg_path, "--input", str(photos), "--question", QUESTION, "--output", str(out)]
+    assert main([*argv, "--device", "cpu", "--max-new-tokens", "600"]) == 2
+    assert "leaves no room for the context in the LLM's 512 positions" in caplog.text
+    assert not out.exists()
+
+
 def test_command_line(cfg_path, photos, expected_answers, tmp_path):
     out = tmp_path / "cli.jsonl"
     command = [sys.executable, "inference.py", "--cfg-path", cfg_path, "--input", str(photos), "--question", QUESTION]

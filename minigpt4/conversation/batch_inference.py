@@ -180,6 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", err)
         return 2
     chat = build_chat(args.cfg_path, args.options, resolve_device(args.device), args.patch_generation)
+    try:
+        chat.context_limit(decoding)  # the LLM's positions are known once it is loaded
+    except ValueError as err:
+        logger.error("%s", err)
+        return 2
     torch.manual_seed(args.seed)
     with open_output(args.output) as out:
         failures = answer_all(chat, requests, args.batch_size, out, **dataclasses.asdict(decoding))
