@@ -83,6 +83,21 @@ def test_files_that_would_run_code_are_refused(tmp_path: Path, golden_dir: Path)
         MiniGPT4.from_config(golden_model_config(golden_dir, ckpt=str(path)))
 
 
+def test_a_folder_where_a_weight_file_belongs_is_named(tmp_path: Path, golden_dir: Path):
+    # The reference's stage-2 YAML ships ckpt: '/path/to/stage1/checkpoint/', a folder.
+    with pytest.raises(WeightLoadError, match=f"{re.escape(str(tmp_path))} is a folder; a weight file"):
+        MiniGPT4.from_config(golden_model_config(golden_dir, ckpt=str(tmp_path)))
+
+
+def test_a_prompt_template_without_a_slot_is_refused(golden_dir: Path):
+    # The reference formatted every prompt into it and trained on the same constant (or on none).
+    for template in ("", "###Human: <Img><ImageHere></Img> ###Assistant: "):
+        with pytest.raises(ValueError, match=r"model.prompt_template must hold \{\} where each line"):
+            MiniGPT4.from_config(
+                golden_model_config(golden_dir, prompt_path="prompts/alignment.txt", prompt_template=template)
+            )
+
+
 def test_check_state_dict_lists_what_is_wrong():
     expected = {f"k{i:02d}": torch.zeros(2) for i in range(20)}
     found = {"extra": torch.zeros(1), "k00": torch.zeros(3)}

@@ -94,6 +94,8 @@ def resolve_weights(location: str, key: str) -> Path:
 
 def torch_load(path: Path) -> object:
     """``torch.load`` on the CPU with ``weights_only=True``, with a readable refusal."""
+    if path.is_dir():
+        raise WeightLoadError(f"{path} is a folder; a weight file (.pth) is needed here")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

@@ -113,6 +113,13 @@ def read_prompts(prompt_path: str, prompt_template: str) -> list[str]:
     """
     if not prompt_path:
         return []
+    if "{}" not in prompt_template:
+        # The reference formatted the lines into a template without a slot and trained on that
+        # constant (an empty template: no prompt at all) without a word.
+        raise ValueError(
+            f"model.prompt_template must hold {{}} where each line of model.prompt_path goes, got "
+            f"{prompt_template!r} (stage 2 uses '###Human: {{}} ###Assistant: ')"
+        )
     path = Path(prompt_path)
     if not path.is_absolute() and not path.exists():
         path = REPO_ROOT / prompt_path
