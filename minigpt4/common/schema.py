@@ -67,8 +67,10 @@ class ModelConfig:
     use_grad_checkpoint: bool = False
     # Storage dtype of the ViT's Linear and Conv weights: fp16, bf16, fp32 or auto. LayerNorms,
     # cls_token, pos_embed, q/v biases and ln_vision stay fp32. With fp16/bf16 the vision tower and
-    # the Q-Former run under autocast in that dtype, as the reference does; fp32 computes in fp32
-    # (the reference still autocast its fp32 ViT to fp16 on a GPU). ``auto`` (new value, the
+    # the Q-Former run under autocast in that dtype, as the reference does; with fp32 the model adds
+    # no autocast of its own, so they compute in fp32 unless the training run's own autocast
+    # (``run.amp``/``run.precision``) is on (the reference also autocast its fp32 ViT to fp16 on a
+    # GPU). ``auto`` (new value, the
     # default) is the reference's fp16 on a CUDA GPU or an Ascend NPU and fp32 on a CPU, so that a
     # CPU computes in fp32 unless configured otherwise. The device is the one the model is built
     # for (``MiniGPT4.from_config(cfg, device)``), else the machine's (cuda, then npu, then cpu).
@@ -76,7 +78,8 @@ class ModelConfig:
     vit_precision: str = "auto"
     # Dtype of the LLM weights (fp16, bf16 or fp32; new key). ``auto``: bf16 where the accelerator
     # supports it, else fp16 (the reference's), and fp32 on a CPU; the device is chosen as for
-    # ``vit_precision``. With fp16/bf16 the LLM (and llama_proj) run under autocast in that dtype.
+    # ``vit_precision``. With fp16/bf16 the LLM (and llama_proj) run under autocast in that dtype;
+    # with fp32, under the training run's autocast if it has one.
     llm_precision: str = "auto"
     freeze_vit: bool = True
     freeze_qformer: bool = True
