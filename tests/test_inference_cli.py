@@ -114,6 +114,11 @@ def test_inputs_are_checked_before_the_model_loads(photos, tmp_path, caplog):
     bad.write_text('{"image": "a.jpg"}\n')
     with pytest.raises(InputError, match='line 1: no "question"'):
         read_requests(bad, None)
+    bad.write_text(f'{{"image": "{photos / "a.jpg"}", "question": "q"}}\n{{"image": "a.jpg", "question": "  "}}\n')
+    with pytest.raises(InputError, match='line 2: the "question" is empty'):
+        read_requests(bad, None)
+    with pytest.raises(InputError, match="--question is empty"):
+        read_requests(photos, " ")
     assert main(["--cfg-path", "unused.yaml", "--input", str(tmp_path / "nowhere"), "--question", "q"]) == 2
     assert "does not exist" in caplog.text
 

@@ -61,6 +61,8 @@ def image_files(folder: Path) -> list[Path]:
 
 def read_requests(source: Path, question: str | None) -> list[Request]:
     """The (image, question) pairs of a folder, a JSONL file or a list file (see the module doc)."""
+    if question is not None and not question.strip():
+        raise InputError("--question is empty")
     if source.is_dir():
         if question is None:
             raise InputError("--question is needed with a folder of images")
@@ -86,6 +88,8 @@ def read_requests(source: Path, question: str | None) -> list[Request]:
             text = record.pop("question", question)
             if not isinstance(text, str):
                 raise InputError(f'{where}: no "question" (and no --question to fall back on)')
+            if not text.strip():
+                raise InputError(f'{where}: the "question" is empty')
             image = record.pop("image")
             extra = record
         else:
