@@ -113,13 +113,6 @@ def read_prompts(prompt_path: str, prompt_template: str) -> list[str]:
     """
     if not prompt_path:
         return []
-    if "{}" not in prompt_template:
-        # The reference formatted the lines into a template without a slot and trained on that
-        # constant (an empty template: no prompt at all) without a word.
-        raise ValueError(
-            f"model.prompt_template must hold {{}} where each line of model.prompt_path goes, got "
-            f"{prompt_template!r} (stage 2 uses '###Human: {{}} ###Assistant: ')"
-        )
     path = Path(prompt_path)
     if not path.is_absolute() and not path.exists():
         path = REPO_ROOT / prompt_path
@@ -128,6 +121,13 @@ def read_prompts(prompt_path: str, prompt_template: str) -> list[str]:
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if IMAGE_PLACEHOLDER in line]
     if not lines:
         raise ValueError(f"model.prompt_path: '{prompt_path}' has no line containing {IMAGE_PLACEHOLDER}")
+    if "{}" not in prompt_template:
+        # The reference formatted the lines into a template without a slot and trained on that
+        # constant (an empty template: no prompt at all) without a word.
+        raise ValueError(
+            f"model.prompt_template must hold {{}} where each line of model.prompt_path goes, got "
+            f"{prompt_template!r} (stage 2 uses '###Human: {{}} ###Assistant: ')"
+        )
     prompts = [prompt_template.format(line) for line in lines]
     logger.info("Load %d training prompts", len(prompts))
     # The reference prints a random example; the draw is kept so that seeded runs see the same
