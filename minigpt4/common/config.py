@@ -29,13 +29,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from minigpt4.common.errors import MiniGPT4Error
 from minigpt4.common.registry import UnknownNameError, registry
 from minigpt4.common.schema import RootConfig
 
 logger = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(MiniGPT4Error, ValueError):
     """A configuration that cannot be used, with the file or option at fault."""
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from minigpt4.common.errors import MiniGPT4Error
+
 KINDS = ("builder", "model", "processor", "task", "runner", "lr_scheduler")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(MiniGPT4Error, KeyError):
     """A YAML name that nothing was registered under."""
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it

@@ -35,6 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from minigpt4.common.device import resolve_device
+from minigpt4.common.errors import MiniGPT4Error
 from minigpt4.common.logger import setup_logger
 from minigpt4.conversation.conversation import Chat, Decoding, load_image
 from minigpt4.conversation.launch import add_model_arguments, build_chat
@@ -50,7 +51,7 @@ class Request:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class InputError(ValueError):
+class InputError(MiniGPT4Error, ValueError):
     """Input files the command cannot use."""
 
 

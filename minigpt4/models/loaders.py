@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from minigpt4.common.errors import MiniGPT4Error
+
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "MINIGPT4_CACHE_DIR"
@@ -38,7 +40,7 @@ LISTED_KEYS = 12
 ShapeExplainer = Callable[[str, tuple[int, ...], tuple[int, ...]], "str | None"]
 
 
-class WeightLoadError(RuntimeError):
+class WeightLoadError(MiniGPT4Error, RuntimeError):
     """A weight file that does not fit the model it is loaded into."""
 
 

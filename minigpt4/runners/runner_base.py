@@ -54,6 +54,7 @@ from minigpt4.common.dist_utils import (
     init_distributed_mode,
     is_main_process,
 )
+from minigpt4.common.errors import MiniGPT4Error
 from minigpt4.common.flops import peak_flops, window_mfu
 from minigpt4.common.logger import (
     StepMetrics,
@@ -74,7 +75,7 @@ logger = logging.getLogger(__name__)
 DYNAMIC_INIT_SCALE = 2.0**16
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(MiniGPT4Error, RuntimeError):
     """Too many consecutive iterations produced a non-finite loss."""
 
 

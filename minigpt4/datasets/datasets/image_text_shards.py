@@ -37,6 +37,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
+from minigpt4.common.errors import MiniGPT4Error
 from minigpt4.datasets.datasets.length_grouping import length_grouped_batches
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ SHUFFLE_INITIAL = 100
 MAX_BROKEN_IN_A_ROW = 100
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(MiniGPT4Error, ValueError):
     """A shard's samples do not have the layout the loader reads."""
 
 
