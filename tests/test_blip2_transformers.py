@@ -9,16 +9,25 @@ import json
 import logging
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from golden_model import build_golden_model, golden_arch
+from golden_model import build_golden_model, golden_arch, golden_model_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import Blip2Config, Blip2ForConditionalGeneration
 
-from minigpt4.models.blip2_hf import fused_qkv_bias, ours_to_transformers, transformers_to_ours
+from minigpt4.models.blip2_hf import (
+    file_shapes,
+    fused_qkv_bias,
+    ours_to_transformers,
+    transformers_to_ours,
+    weight_files,
+)
 from minigpt4.models.loaders import WeightLoadError
+from minigpt4.models.mini_gpt4 import model_config
+from minigpt4.tasks.image_text_pretrain import ImageTextPretrainTask
 
 EMBED_TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -209,8 +218,6 @@ def test_a_folder_that_does_not_fit_is_refused_in_words(golden_dir, blip2_folder
 def test_only_the_needed_tensors_are_read(blip2_folder):
     """The folder written by save_pretrained holds the language model next to the vision side;
     the report works from headers, and the tensors read are the vision side's alone."""
-    from minigpt4.models.blip2_hf import file_shapes, weight_files
-
     files = weight_files(blip2_folder)
     shapes = file_shapes(files)
     with safe_open(str(blip2_folder / "model.safetensors"), framework="pt") as file:
@@ -218,3 +225,17 @@ def test_only_the_needed_tensors_are_read(blip2_folder):
         for name, shape in shapes.items():
             if not name.startswith("language_"):
                 assert shape == tuple(file.get_slice(name).get_shape()), name
+
+
+def test_the_training_input_check_accepts_the_folder(golden_dir, blip2_folder):
+    """train.py checks every configured input before it builds anything: a transformers Blip2
+    folder stands for both vision files there too."""
+    run = SimpleNamespace(resume_ckpt_path="")
+    for vit_weights in ("", str(blip2_folder)):
+        model_cfg = model_config(
+            golden_model_config(golden_dir, q_former_model=str(blip2_folder), vit_weights=vit_weights)
+        )
+        ImageTextPretrainTask().check_inputs(SimpleNamespace(model_cfg=model_cfg, run_cfg=run))
+    missing = model_config(golden_model_config(golden_dir, vit_weights=""))
+    with pytest.raises(FileNotFoundError, match=re.escape("model.vit_weights: weight file '' does not exist")):
+        ImageTextPretrainTask().check_inputs(SimpleNamespace(model_cfg=missing, run_cfg=run))

@@ -137,6 +137,13 @@ def is_transformers_blip2_folder(path: Path) -> bool:
     return path.is_dir() and (path / CONFIG_FILE).is_file()
 
 
+def names_transformers_blip2(model_cfg: Any) -> bool:
+    """Whether the ``model:`` config takes its vision side from a transformers Blip2 folder
+    (``q_former_model`` a local folder; ``vit_weights`` is then empty or the same folder)."""
+    location = model_cfg.q_former_model
+    return bool(location) and Path(location).expanduser().is_dir()
+
+
 def read_blip2_config(folder: Path) -> Blip2Config:
     """The folder's ``config.json`` as a ``Blip2Config`` (transformers writes only the values that
     differ from the defaults, so the class fills the rest)."""

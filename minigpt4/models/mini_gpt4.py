@@ -37,7 +37,7 @@ from minigpt4.common.device import autocast, autocast_dtype, parse_dtype, resolv
 from minigpt4.common.flops import FlopModel, minigpt4_flop_model
 from minigpt4.common.registry import UnknownNameError, registry
 from minigpt4.common.schema import ModelConfig
-from minigpt4.models.blip2_hf import is_transformers_blip2_folder, load_transformers_blip2
+from minigpt4.models.blip2_hf import is_transformers_blip2_folder, load_transformers_blip2, names_transformers_blip2
 from minigpt4.models.eva_vit import FP32LayerNorm, build_eva_vit, load_eva_vit
 from minigpt4.models.llm import (
     build_llama,
@@ -435,8 +435,8 @@ def load_vision_weights(model: MiniGPT4, cfg: DictConfig) -> None:
     ``eva_vit_g.pth``-format file) then ``q_former_model`` (a BLIP-2 file), as the reference, or
     all four from a transformers ``Blip2`` folder named by ``q_former_model`` (``vit_weights``
     empty or the same folder)."""
-    q_former = resolve_weights(cfg.q_former_model, "q_former_model")
-    if q_former.is_dir():
+    if names_transformers_blip2(cfg):
+        q_former = resolve_weights(cfg.q_former_model, "q_former_model")
         if not is_transformers_blip2_folder(q_former):
             raise WeightLoadError(
                 f"model.q_former_model: {q_former} is a folder without config.json; give a BLIP-2 file "
@@ -453,7 +453,7 @@ def load_vision_weights(model: MiniGPT4, cfg: DictConfig) -> None:
     logger.info("Loading VIT")
     load_eva_vit(model.visual_encoder, resolve_weights(cfg.vit_weights, "vit_weights"))
     logger.info("Loading Q-Former")
-    load_blip2_qformer(model, q_former)
+    load_blip2_qformer(model, resolve_weights(cfg.q_former_model, "q_former_model"))
 
 
 def explain_checkpoint_shape(key: str, have: tuple[int, ...], want: tuple[int, ...]) -> str | None:
