@@ -51,7 +51,7 @@ from transformers import Blip2Config
 
 from minigpt4.models.eva_vit import explain_vit_shape, interpolate_pos_embed, pos_embed_resizable
 from minigpt4.models.loaders import KeyReport, Shape, WeightLoadError, report_keys, shapes_of
-from minigpt4.models.qformer import explain_qformer_shape
+from minigpt4.models.qformer import explain_qformer_shape, ours_to_blip2
 
 logger = logging.getLogger(__name__)
 
@@ -299,12 +299,10 @@ def report_transformers_blip2_keys(
         return _ignored_reason(name)
 
     def explain(name: str, have: Shape, want: Shape) -> str | None:
-        ours = transformers_to_ours(name)
-        if ours and ours.startswith("visual_encoder."):
+        ours = transformers_to_ours(name) or ""
+        if ours.startswith("visual_encoder."):
             return explain_vit_shape(ours.removeprefix("visual_encoder."), have, want)
-        if ours == "query_tokens" or (ours and ours.startswith("Qformer.")):
-            return explain_qformer_shape(ours, have, want)
-        return None
+        return explain_qformer_shape(ours_to_blip2(ours), have, want) if ours else None
 
     def adapts(name: str, have: Shape, want: Shape) -> bool:
         return transformers_to_ours(name) == "visual_encoder.pos_embed" and pos_embed_resizable("pos_embed", have, want)
