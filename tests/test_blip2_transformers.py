@@ -19,9 +19,11 @@ from safetensors.torch import load_file, save_file
 from transformers import Blip2Config, Blip2ForConditionalGeneration
 
 from minigpt4.models.blip2_hf import (
+    arch_mismatches,
     file_shapes,
     fused_qkv_bias,
     ours_to_transformers,
+    read_blip2_config,
     transformers_to_ours,
     weight_files,
 )
@@ -239,3 +241,26 @@ def test_the_training_input_check_accepts_the_folder(golden_dir, blip2_folder):
     missing = model_config(golden_model_config(golden_dir, vit_weights=""))
     with pytest.raises(FileNotFoundError, match=re.escape("model.vit_weights: weight file '' does not exist")):
         ImageTextPretrainTask().check_inputs(SimpleNamespace(model_cfg=missing, run_cfg=run))
+
+
+def test_a_hub_style_config_with_only_the_differences_fits_the_default_model(tmp_path):
+    """transformers writes only the values that differ from the defaults (a released BLIP-2's
+    qformer_config is {"classifier_dropout": null, "model_type": "blip_2_qformer"}): the sizes
+    come from transformers' defaults, which are BLIP-2's and fit the default model config."""
+    folder = tmp_path / "blip2-flan-t5-xxl"
+    folder.mkdir()
+    config = {
+        "architectures": ["Blip2ForConditionalGeneration"],
+        "model_type": "blip-2",
+        "num_query_tokens": 32,
+        "qformer_config": {"classifier_dropout": None, "model_type": "blip_2_qformer"},
+        "vision_config": {"dropout": 0.0, "layer_norm_eps": 1e-5, "model_type": "blip_2_vision_model"},
+        "text_config": {"model_type": "t5", "d_model": 64, "num_layers": 1, "num_heads": 2},
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    assert arch_mismatches(read_blip2_config(folder), model_config({})) == []
+    small = model_config({"num_query_token": 8, "vit_arch": {"depth": 40}})
+    assert arch_mismatches(read_blip2_config(folder), small) == [
+        "it has 32 query tokens; num_query_token is 8",
+        "its ViT has 39 layers; vit_arch.depth is 40",
+    ]
