@@ -7,24 +7,19 @@ is the source of the vision tower, ``ln_vision``, the Q-Former and the query tok
 tensors are read (``safe_open`` reads a tensor at a time; a shard that holds nothing needed is
 never opened), so the language model is never loaded.
 
-Key mapping, transformers name -> MiniGPT-4 name (``N`` a block / layer index):
+Key mapping, transformers name -> MiniGPT-4 name (``N`` a block index; ``*`` weight and bias):
 
-=====================================================  ==========================================
-``vision_model.embeddings.class_embedding``            ``visual_encoder.cls_token``
-``vision_model.embeddings.position_embedding``         ``visual_encoder.pos_embed``
-``vision_model.embeddings.patch_embedding.*``          ``visual_encoder.patch_embed.proj.*``
-``vision_model.encoder.layers.N.layer_norm1.*``        ``visual_encoder.blocks.N.norm1.*``
-``vision_model.encoder.layers.N.layer_norm2.*``        ``visual_encoder.blocks.N.norm2.*``
-``vision_model.encoder.layers.N.self_attn.qkv.weight``  ``visual_encoder.blocks.N.attn.qkv.weight``
-``vision_model.encoder.layers.N.self_attn.qkv.bias``    thirds q, k, v: ``attn.q_bias``, (dropped), ``attn.v_bias``
-``vision_model.encoder.layers.N.self_attn.q_bias``      ``visual_encoder.blocks.N.attn.q_bias``
-``vision_model.encoder.layers.N.self_attn.v_bias``      ``visual_encoder.blocks.N.attn.v_bias``
-``vision_model.encoder.layers.N.self_attn.projection.*``  ``visual_encoder.blocks.N.attn.proj.*``
-``vision_model.encoder.layers.N.mlp.fc1.*`` / ``fc2.*``  ``visual_encoder.blocks.N.mlp.fc1.*`` / ``fc2.*``
-``vision_model.post_layernorm.*``                      ``ln_vision.*``
-``qformer.*``                                          ``Qformer.*`` (the same ``Blip2QFormerModel``)
-``query_tokens``                                       ``query_tokens``
-=====================================================  ==========================================
+* ``vision_model.embeddings.class_embedding`` -> ``visual_encoder.cls_token``
+* ``vision_model.embeddings.position_embedding`` -> ``visual_encoder.pos_embed``
+* ``vision_model.embeddings.patch_embedding.*`` -> ``visual_encoder.patch_embed.proj.*``
+* ``vision_model.encoder.layers.N.`` -> ``visual_encoder.blocks.N.``, and under it
+  ``layer_norm1/2.*`` -> ``norm1/2.*``, ``self_attn.qkv.weight`` -> ``attn.qkv.weight``,
+  ``self_attn.q_bias/v_bias`` -> ``attn.q_bias/v_bias``, ``self_attn.qkv.bias`` -> its q and v
+  thirds as ``attn.q_bias`` and ``attn.v_bias``, ``self_attn.projection.*`` -> ``attn.proj.*``,
+  ``mlp.fc1/fc2.*`` unchanged
+* ``vision_model.post_layernorm.*`` -> ``ln_vision.*``
+* ``qformer.*`` -> ``Qformer.*`` (the same ``Blip2QFormerModel``)
+* ``query_tokens`` -> ``query_tokens``
 
 The ViT's attention bias comes in two layouts: files converted with older transformers hold
 ``q_bias`` and ``v_bias`` (as ``eva_vit_g.pth``), newer ones one ``qkv.bias`` of three times the
@@ -158,7 +153,10 @@ def read_blip2_config(folder: Path) -> Blip2Config:
             f"model.q_former_model: {folder} is not a transformers Blip2 folder: its config.json has "
             f"model_type {model_type!r}, not {BLIP2_MODEL_TYPE!r}"
         )
-    return Blip2Config.from_dict(raw)
+    try:
+        return Blip2Config.from_dict(raw)
+    except (ValueError, KeyError, TypeError) as error:
+        raise WeightLoadError(f"{path} is not a Blip2 config transformers can read: {error}") from error
 
 
 def arch_mismatches(config: Blip2Config, cfg: Any) -> list[str]:
@@ -174,7 +172,7 @@ def arch_mismatches(config: Blip2Config, cfg: Any) -> list[str]:
             "its ViT's MLP is {} wide; vit_arch.mlp_ratio gives {}",
         ),
         (vision.hidden_act, "gelu", "its ViT uses the activation {!r}; EVA ViT-g uses {!r}"),
-        (vision.qkv_bias, True, "its ViT has qkv_bias {}; EVA ViT-g has q and v biases ({})"),
+        (vision.qkv_bias, True, "its ViT has no q and v biases (qkv_bias false); EVA ViT-g has them"),
         (qformer.hidden_size, qarch.hidden_size, "its Q-Former is {} wide; qformer_arch.hidden_size is {}"),
         (
             qformer.num_hidden_layers,
