@@ -13,6 +13,7 @@ from golden_model import build_golden_model
 from torch import nn
 
 from minigpt4.common.checkpoint import (
+    CheckpointError,
     load_checkpoint,
     load_trainable_state_dict,
     rng_state,
@@ -75,7 +76,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
 def test_checkpoints_load_weights_only_and_refuse_code(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "payload": os.system}, path)  # a callable: loading could run code
-    with pytest.raises(Exception, match="weights_only"):
+    with pytest.raises(CheckpointError, match=r"evil.pth: holds objects .*weights_only=True"):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*missing\.pth"):
         load_checkpoint(tmp_path / "missing.pth")

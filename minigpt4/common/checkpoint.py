@@ -16,7 +16,9 @@ of every rank, as tensors and plain types). Everything loads with ``torch.load(w
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from minigpt4.common.errors import MiniGPT4Error
+
+logger = logging.getLogger(__name__)
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -99,35 +105,78 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's dict, on the CPU, without unpickling anything but tensors and plain types."""
+class CheckpointError(MiniGPT4Error, OSError):
+    """A checkpoint file that cannot be used: truncated, not written by ``torch.save``, holding
+    objects that could run code, or holding non-finite weights."""
+
+
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's dict, on the CPU, without unpickling anything but tensors and plain types.
+    ``mmap``: map the tensors instead of reading them (reading the positions of many is cheap)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: holds objects other than tensors and plain types, which torch.load(weights_only=True) "
+            "refuses (loading them could run code)"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        reason = str(error).splitlines()[0].split(". ")[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint, truncated or not written by torch.save ({reason})"
+        ) from error
+
+
+def checkpoint_position(ckpt: dict[str, Any]) -> tuple[int, float]:
+    """(epoch, iterations of it done): how far into training a checkpoint is. The reference's
+    checkpoints mark complete epochs and have no ``iters``."""
+    return ckpt["epoch"], ckpt.get("iters", float("inf"))
+
+
+# The last folder scanned: its file signatures and the checkpoint chosen, so that the start-up
+# check and the runner read the candidates once and warn about a skipped one once.
+_last_scan: dict[tuple[Any, ...], Path] = {}
 
 
 def resume_checkpoint(location: str | Path) -> Path:
     """``run.resume_ckpt_path`` as a file: a checkpoint file as it is, or a run's output folder ->
     the checkpoint in it that is furthest into training (``checkpoint_last.pth`` of a run killed
-    mid-epoch, else the last epoch's), so that a crashed run resumes with one setting."""
+    mid-epoch, else the last epoch's), so that a crashed run resumes with one setting. In a folder,
+    a checkpoint that does not load is skipped with a warning; a file that does not load is refused."""
     path = Path(location)
     if path.is_file():
+        load_checkpoint(path, mmap=True)
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"run.resume_ckpt_path: checkpoint '{location}' does not exist")
     candidates = sorted(path.glob("checkpoint_*.pth"))
     if not candidates:
         raise FileNotFoundError(f"run.resume_ckpt_path: the folder '{location}' holds no checkpoint_*.pth")
-
-    def position(candidate: Path) -> tuple[int, float]:
-        ckpt = load_checkpoint(candidate)
-        return ckpt["epoch"], ckpt.get("iters", float("inf"))  # the reference's mark whole epochs
-
-    return max(candidates, key=position)
+    signature = tuple((str(c.resolve()), c.stat().st_size, c.stat().st_mtime_ns) for c in candidates)
+    if signature in _last_scan:
+        return _last_scan[signature]
+    positions, reasons = {}, []
+    for candidate in candidates:
+        try:
+            positions[candidate] = checkpoint_position(load_checkpoint(candidate, mmap=True))
+        except (CheckpointError, KeyError) as error:
+            reason = str(error) if isinstance(error, CheckpointError) else f"{candidate}: no {error} entry"
+            logger.warning("run.resume_ckpt_path: skipping %s", reason)
+            reasons.append(reason)
+    if not positions:
+        raise CheckpointError(f"run.resume_ckpt_path: no checkpoint in '{location}' loads: {'; '.join(reasons)}")
+    chosen = max(positions, key=positions.__getitem__)
+    _last_scan.clear()
+    _last_scan[signature] = chosen
+    return chosen
 
 
 __all__ = [
+    "CheckpointError",
+    "checkpoint_position",
     "load_checkpoint",
     "load_trainable_state_dict",
     "resume_checkpoint",
