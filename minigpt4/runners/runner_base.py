@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -90,11 +92,20 @@ class ResumeError(MiniGPT4Error, ValueError):
 
 
 def setup_output_dir(run_cfg: Any, job_id: str) -> Path:
-    """``run.output_dir/<job_id>``, relative to the working directory, created and checked
-    writable (call it on rank 0 before anything is loaded: an unwritable folder fails in seconds)."""
-    output_dir = Path(run_cfg.output_dir) / job_id
+    """``run.output_dir/<job_id>``, relative to the working directory, created for this run alone
+    and checked writable (call it on rank 0 before anything is loaded: an unwritable folder fails
+    in seconds). Where that folder exists already (a run started in the same second),
+    ``<job_id>_2``, ``<job_id>_3`` ... is taken: the returned folder's name is the run's job id."""
+    parent = Path(run_cfg.output_dir)
+    output_dir = parent / job_id
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(2):
+            try:
+                output_dir.mkdir()  # exclusive: fails where another run made the folder first
+                break
+            except FileExistsError:
+                output_dir = parent / f"{job_id}_{n}"
         probe = output_dir / ".write_test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -103,6 +114,14 @@ def setup_output_dir(run_cfg: Any, job_id: str) -> Path:
             f"run.output_dir: cannot write to {output_dir.resolve()} ({error.strerror or error})"
         ) from error
     return output_dir
+
+
+def discard_output_dir(output_dir: Path) -> None:
+    """Remove the folder of a run that failed before it had anything to keep: no checkpoint in it
+    (the caller knows that no step was logged), so that a failed start leaves no folder behind."""
+    if output_dir.is_dir() and not any(output_dir.glob("checkpoint_*.pth")):
+        shutil.rmtree(output_dir, ignore_errors=True)
+        logger.info("Removed %s: the run stopped before it wrote anything to keep", output_dir)
 
 
 def resolve_precision(run_cfg: Any, device: torch.device) -> torch.dtype | None:
@@ -326,7 +345,7 @@ class RunnerBase:
         self.job_id = job_id
         self.output_dir = Path(cfg.run_cfg.output_dir) / job_id
         self.history: list[dict[str, Any]] = []  # the figures of every log line
-        self.last_checkpoint: Path | None = None
+        self.last_checkpoint: tuple[Path, int] | None = None  # and its global step
 
     def train_loader(self, global_step: int) -> Any:
         """The batch stream from ``global_step`` on, seeded from ``run.seed`` and that step."""
@@ -347,12 +366,13 @@ class RunnerBase:
             path = self.output_dir / name
             save_checkpoint(path, state)
             logger.info("Saving checkpoint at epoch %d (%d iterations in) to %s.", state["epoch"], state["iters"], path)
-        self.last_checkpoint = self.output_dir / name
+        self.last_checkpoint = self.output_dir / name, state["global_step"]
 
     def last_checkpoint_words(self) -> str:
         if self.last_checkpoint is None:
             return "this run wrote no checkpoint"
-        return f"the last checkpoint written is {self.last_checkpoint}"
+        path, step = self.last_checkpoint
+        return f"the last checkpoint written is {path} (step {step})"
 
     @staticmethod
     def check_config(run_cfg: Any) -> None:
