@@ -11,8 +11,9 @@ What differs from the reference, and why:
   throughput figures are accumulated on the device and read once per log line; a first loss near
   that of uniform predictions (a broken LLM) is warned about. A non-finite loss is made to poison the
   gradients, so that the loss scaler skips the step on the device (the fused AdamW takes the
-  scaler's "found inf" flag); the count of such steps is read with the log line, and the run stops
-  once ``run.max_nonfinite_steps`` come in a row.
+  scaler's "found inf" flag); a step that would leave a weight non-finite is undone on the device
+  (``StepGuard``). The count of skipped steps is read with the log line, and the run stops once
+  ``run.max_nonfinite_steps`` come in a row; a checkpoint is never written from non-finite weights.
 * The loss scaler always exists: dynamic for fp16 (the reference), a fixed scale of 1 for bf16 and
   fp32 (only its skipping is used), or ``run.static_loss_scale`` (the Ascend port's fixed 65536).
 * Only trainable parameters take part in DDP: frozen weights are loaded identically by every rank
@@ -20,7 +21,9 @@ What differs from the reference, and why:
 * Checkpoints add the iteration, the scheduler position and every rank's RNG states, and the data
   stream restarts from a seed derived from the global step at every checkpoint (each epoch end and
   every ``run.checkpoint_interval`` iterations), so a resumed run reads exactly the batches the
-  uninterrupted run read and reproduces its losses.
+  uninterrupted run read and reproduces its losses; a resume whose settings change the batches or
+  the schedule says so in a warning (``resume_warnings``).
+* Run folders are created exclusively (``setup_output_dir``), and a failed start removes its own.
 """
 
 from __future__ import annotations
