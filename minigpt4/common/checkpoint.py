@@ -136,47 +136,58 @@ def checkpoint_position(ckpt: dict[str, Any]) -> tuple[int, float]:
     return ckpt["epoch"], ckpt.get("iters", float("inf"))
 
 
-# The last folder scanned: its file signatures and the checkpoint chosen, so that the start-up
-# check and the runner read the candidates once and warn about a skipped one once.
-_last_scan: dict[tuple[Any, ...], Path] = {}
+# The last scan: the candidates' signatures -> the checkpoint chosen and its position, so that
+# the start-up checks and the runner read each candidate's header once and warn about one once.
+_last_scan: dict[tuple[Any, ...], tuple[Path, dict[str, int]]] = {}
 
 
-def resume_checkpoint(location: str | Path) -> Path:
-    """``run.resume_ckpt_path`` as a file: a checkpoint file as it is, or a run's output folder ->
-    the checkpoint in it that is furthest into training (``checkpoint_last.pth`` of a run killed
-    mid-epoch, else the last epoch's), so that a crashed run resumes with one setting. In a folder,
-    a checkpoint that does not load is skipped with a warning; a file that does not load is refused."""
+def find_resume_checkpoint(location: str | Path) -> tuple[Path, dict[str, int]]:
+    """``run.resume_ckpt_path`` as a file and its position (``epoch`` and, when saved, ``iters``):
+    a checkpoint file as it is, or a run's output folder -> the checkpoint in it that is furthest
+    into training (``checkpoint_last.pth`` of a run killed mid-epoch, else the last epoch's), so
+    that a crashed run resumes with one setting. In a folder, a checkpoint that does not load is
+    skipped with a warning; a file named directly that does not load is refused. Only the headers
+    are read (the tensors are mapped, not loaded)."""
     path = Path(location)
-    if path.is_file():
-        load_checkpoint(path, mmap=True)
-        return path
-    if not path.is_dir():
+    if path.is_dir():
+        candidates = sorted(path.glob("checkpoint_*.pth"))
+        if not candidates:
+            raise FileNotFoundError(f"run.resume_ckpt_path: the folder '{location}' holds no checkpoint_*.pth")
+    elif path.is_file():
+        candidates = [path]
+    else:
         raise FileNotFoundError(f"run.resume_ckpt_path: checkpoint '{location}' does not exist")
-    candidates = sorted(path.glob("checkpoint_*.pth"))
-    if not candidates:
-        raise FileNotFoundError(f"run.resume_ckpt_path: the folder '{location}' holds no checkpoint_*.pth")
     signature = tuple((str(c.resolve()), c.stat().st_size, c.stat().st_mtime_ns) for c in candidates)
     if signature in _last_scan:
         return _last_scan[signature]
-    positions, reasons = {}, []
+    found, reasons = {}, []
     for candidate in candidates:
         try:
-            positions[candidate] = checkpoint_position(load_checkpoint(candidate, mmap=True))
+            ckpt = load_checkpoint(candidate, mmap=True)
+            found[candidate] = {"epoch": ckpt["epoch"], **{k: ckpt[k] for k in ("iters",) if k in ckpt}}
         except (CheckpointError, KeyError) as error:
+            if path.is_file():
+                raise
             reason = str(error) if isinstance(error, CheckpointError) else f"{candidate}: no {error} entry"
             logger.warning("run.resume_ckpt_path: skipping %s", reason)
             reasons.append(reason)
-    if not positions:
+    if not found:
         raise CheckpointError(f"run.resume_ckpt_path: no checkpoint in '{location}' loads: {'; '.join(reasons)}")
-    chosen = max(positions, key=positions.__getitem__)
+    chosen = max(found, key=lambda c: checkpoint_position(found[c]))
     _last_scan.clear()
-    _last_scan[signature] = chosen
-    return chosen
+    _last_scan[signature] = chosen, found[chosen]
+    return _last_scan[signature]
+
+
+def resume_checkpoint(location: str | Path) -> Path:
+    """The checkpoint file ``run.resume_ckpt_path`` names (see ``find_resume_checkpoint``)."""
+    return find_resume_checkpoint(location)[0]
 
 
 __all__ = [
     "CheckpointError",
     "checkpoint_position",
+    "find_resume_checkpoint",
     "load_checkpoint",
     "load_trainable_state_dict",
     "resume_checkpoint",

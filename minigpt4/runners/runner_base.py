@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from minigpt4.common.checkpoint import (
+    find_resume_checkpoint,
     load_checkpoint,
     load_trainable_state_dict,
     resume_checkpoint,
@@ -402,9 +403,8 @@ class RunnerBase:
                 "checkpoints fall between steps"
             )
         if run_cfg.resume_ckpt_path:
-            path = resume_checkpoint(run_cfg.resume_ckpt_path)
-            ckpt = load_checkpoint(path, mmap=True)  # the positions only; the tensors are read on resume
-            epoch, _ = resume_position(ckpt, int(run_cfg.iters_per_epoch))
+            path, position = find_resume_checkpoint(run_cfg.resume_ckpt_path)
+            epoch, _ = resume_position(position, int(run_cfg.iters_per_epoch))
             if epoch >= run_cfg.max_epoch:
                 raise ResumeError(
                     f"run.resume_ckpt_path: {path} ends a finished run (epoch {epoch - 1} complete, "
