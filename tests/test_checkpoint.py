@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,19 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
     set_rng_state(load_checkpoint(path)["rng"], torch.device("cpu"))
     again = (random.random(), np.random.standard_normal(), np.random.rand(), torch.rand(3))
     assert again[:3] == expected[:3] and torch.equal(again[3], expected[3])
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_an_unreadable_checkpoint_is_named_in_one_line(tmp_path, mmap):
+    good = tmp_path / "good.pth"
+    save_checkpoint(good, {"epoch": 0, "model": {"w": torch.ones(1000)}})
+    for name, data in [("cut.pth", good.read_bytes()[:-100]), ("text.pth", b"x\n"), ("empty.pth", b"")]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(
+            CheckpointError, match=rf"^{re.escape(str(tmp_path / name))}: not a readable checkpoint"
+        ) as e:
+            load_checkpoint(tmp_path / name, mmap=mmap)
+        assert "\n" not in str(e.value)
+    legacy = tmp_path / "legacy.pth"  # the pre-zip format cannot be mapped: it is read instead
+    torch.save({"epoch": 3}, legacy, _use_new_zipfile_serialization=False)
+    assert load_checkpoint(legacy, mmap=mmap) == {"epoch": 3}

@@ -117,8 +117,15 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as error:
+            if not (mmap and "mmap can only be used" in str(error)):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # not a zip file: legacy or broken
     except pickle.UnpicklingError as error:
+        if "GLOBAL" not in str(error):
+            raise CheckpointError(f"{path}: not a readable checkpoint, not written by torch.save") from error
         raise CheckpointError(
             f"{path}: holds objects other than tensors and plain types, which torch.load(weights_only=True) "
             "refuses (loading them could run code)"
