@@ -482,6 +482,13 @@ def test_resuming_with_other_data_settings_or_schedule_warns(tmp_path, caplog):
     train(tmp_path, job_id="longer", resume_ckpt_path=last, **{**keys, "max_epoch": 3})
     (schedule,) = resume_warnings_of(caplog)
     assert "at epoch 1, iteration 3 it gave" in schedule and "max_epoch" in schedule
+    caplog.clear()
+    two_ranks = load_checkpoint(last)
+    two_ranks["rng"] = two_ranks["rng"] * 2  # as a 2-rank run writes it
+    torch.save(two_ranks, tmp_path / "two_ranks.pth")
+    train(tmp_path, job_id="ranks", resume_ckpt_path=str(tmp_path / "two_ranks.pth"), **keys)
+    (warning,) = resume_warnings_of(caplog)
+    assert "other data settings (2 -> 1 ranks)" in warning
 
 
 def test_resuming_a_finished_run_says_so(tmp_path):
