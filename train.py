@@ -3,10 +3,11 @@
     python train.py --cfg-path train_configs/minigpt4_stage1_pretrain.yaml [--options run.max_epoch=1 ...]
     torchrun --nproc-per-node 4 train.py --cfg-path train_configs/minigpt4_stage1_pretrain.yaml
 
-Set-up order: config, logging, process group, job id, seeds, output folder (checked writable),
-every input path and the runner's keys checked, datasets, model, then the runner's loop. A wrong
-path, an unusable ``run:`` value or an unwritable output folder stops the run before anything
-heavy is loaded. Outputs go to
+Set-up order: config, logging, process group, seeds, output folder (created for this run alone,
+checked writable; its name is the job id), every input path and the runner's keys checked,
+datasets, model, then the runner's loop. A wrong path, an unusable ``run:`` value or an
+unwritable output folder stops the run before anything heavy is loaded; a run that stops before
+it logged a step or wrote a checkpoint removes its folder again. Outputs go to
 ``run.output_dir/<job_id>/`` relative to the working directory: ``log.txt``, ``checkpoint_*.pth``.
 """
 
@@ -34,7 +35,7 @@ from minigpt4.common.dist_utils import (
 from minigpt4.common.logger import setup_logger
 from minigpt4.common.registry import registry
 from minigpt4.models.loaders import WeightLoadError
-from minigpt4.runners.runner_base import RunnerBase, setup_output_dir
+from minigpt4.runners.runner_base import RunnerBase, discard_output_dir, setup_output_dir
 from minigpt4.tasks import setup_task
 
 logger = logging.getLogger(__name__)
@@ -63,21 +64,27 @@ def main(argv: list[str] | None = None) -> RunnerBase:
     run_cfg = cfg.run_cfg
     setup_logger(int(os.environ.get("RANK", "0")))
     device = init_distributed_mode(run_cfg.device, run_cfg.dist_url)
-    # One job id for all ranks (the reference let each rank read its own clock).
-    job_id = broadcast_object(datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
     setup_seeds(run_cfg.seed + get_rank())
+    output_dir = runner = None
     if is_main_process():
-        output_dir = setup_output_dir(run_cfg, job_id)
+        output_dir = setup_output_dir(run_cfg, datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
         logger.info("Outputs go to %s", output_dir.resolve())
-    task = setup_task(cfg)
-    task.check_inputs(cfg)
-    runner_cls = registry.get_runner_class(run_cfg.runner)
-    runner_cls.check_config(run_cfg)
-    cfg.pretty_print()
-    datasets = task.build_datasets(cfg)
-    model = task.build_model(cfg, device)
-    runner = runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
-    runner.train()
+    # One job id for all ranks: the folder rank 0 created (the reference let each rank read its own clock).
+    job_id = broadcast_object(output_dir.name if output_dir else None)
+    try:
+        task = setup_task(cfg)
+        task.check_inputs(cfg)
+        runner_cls = registry.get_runner_class(run_cfg.runner)
+        runner_cls.check_config(run_cfg)
+        cfg.pretty_print()
+        datasets = task.build_datasets(cfg)
+        model = task.build_model(cfg, device)
+        runner = runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
+        runner.train()
+    except BaseException:
+        if output_dir is not None and not getattr(runner, "history", None):
+            discard_output_dir(output_dir)  # a failed start leaves no empty job folder behind
+        raise
     return runner
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from golden_model import build_golden_model
 from torch import nn
 
 from minigpt4.common.checkpoint import (
+    CheckpointError,
     load_checkpoint,
     load_trainable_state_dict,
     rng_state,
@@ -75,7 +77,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
 def test_checkpoints_load_weights_only_and_refuse_code(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "payload": os.system}, path)  # a callable: loading could run code
-    with pytest.raises(Exception, match="weights_only"):
+    with pytest.raises(CheckpointError, match=r"evil.pth: holds objects .*weights_only=True"):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*missing\.pth"):
         load_checkpoint(tmp_path / "missing.pth")
@@ -95,3 +97,19 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
     set_rng_state(load_checkpoint(path)["rng"], torch.device("cpu"))
     again = (random.random(), np.random.standard_normal(), np.random.rand(), torch.rand(3))
     assert again[:3] == expected[:3] and torch.equal(again[3], expected[3])
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_an_unreadable_checkpoint_is_named_in_one_line(tmp_path, mmap):
+    good = tmp_path / "good.pth"
+    save_checkpoint(good, {"epoch": 0, "model": {"w": torch.ones(1000)}})
+    for name, data in [("cut.pth", good.read_bytes()[:-100]), ("text.pth", b"x\n"), ("empty.pth", b"")]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(
+            CheckpointError, match=rf"^{re.escape(str(tmp_path / name))}: not a readable checkpoint"
+        ) as e:
+            load_checkpoint(tmp_path / name, mmap=mmap)
+        assert "\n" not in str(e.value)
+    legacy = tmp_path / "legacy.pth"  # the pre-zip format cannot be mapped: it is read instead
+    torch.save({"epoch": 3}, legacy, _use_new_zipfile_serialization=False)
+    assert load_checkpoint(legacy, mmap=mmap) == {"epoch": 3}

@@ -98,3 +98,18 @@ def test_step_schedule():
 def test_step_schedule_without_decay_rate_fails_at_start():
     with pytest.raises(ValueError, match=r"run.lr_decay_rate"):
         LinearWarmupStepLRScheduler.from_config(make_optimizer(), run_cfg(), iters_per_epoch=5)
+
+
+@pytest.mark.parametrize("cls", [LinearWarmupCosineLRScheduler, LinearWarmupStepLRScheduler])
+def test_the_reference_keyword_set_builds_both_schedules(cls):
+    # A runner written against the reference passes every keyword to whichever schedule it builds.
+    keywords = {"max_epoch": 2, "iters_per_epoch": 10, "min_lr": 1e-5, "init_lr": 1e-4, "decay_rate": 0.9}
+    optimizer = make_optimizer()
+    schedule = cls(optimizer=optimizer, **keywords, warmup_start_lr=1e-6, warmup_steps=5)
+    assert schedule.step(0, 0) == pytest.approx(1e-6)
+    assert schedule.step(0, 5) == pytest.approx(1e-4 if cls is LinearWarmupStepLRScheduler else cosine(5, 20))
+    assert optimizer.param_groups[0]["lr"] == schedule.lr_at(0, 5)
+
+
+def cosine(step: int, total: int) -> float:
+    return (1e-4 - 1e-5) * 0.5 * (1 + math.cos(math.pi * step / total)) + 1e-5

@@ -4,8 +4,10 @@ log.txt, checkpoints, exact resume, accumulation, clipping, precision and the no
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,11 +21,13 @@ from torch.utils.data import Dataset
 
 import minigpt4  # registers every name
 from minigpt4.common import logger as logger_module
-from minigpt4.common.checkpoint import load_checkpoint, resume_checkpoint
+from minigpt4.common.checkpoint import CheckpointError, load_checkpoint, resume_checkpoint
 from minigpt4.common.logger import uniform_loss_warning
 from minigpt4.common.schema import RunConfig
 from minigpt4.runners.runner_base import (
     NonFiniteLossError,
+    NonFiniteWeightsError,
+    ResumeError,
     RunnerBase,
     backward_dtype,
     build_optimizer,
@@ -122,7 +126,7 @@ def make_runner(tmp_path: Path, job_id: str = "job", dataset: Dataset | None = N
     torch.manual_seed(0)
     random.seed(0)
     cfg = RunOnly(**run_keys(tmp_path, **overrides))
-    setup_output_dir(cfg.run_cfg, job_id)
+    job_id = setup_output_dir(cfg.run_cfg, job_id).name
     datasets = {"pairs": {"train": dataset or Pairs()}}
     return RunnerBase(cfg=cfg, task=ImageTextPretrainTask(), model=TinyCaptioner(), datasets=datasets, job_id=job_id)
 
@@ -364,7 +368,10 @@ def test_isolated_nonfinite_steps_are_skipped_and_counted(tmp_path):
 def test_consecutive_nonfinite_steps_stop_the_run(tmp_path):
     runner = make_runner(tmp_path, max_epoch=1, dataset=Pairs(poison=tuple(range(32))), max_nonfinite_steps=3)
     before = {k: v.clone() for k, v in runner.model.state_dict().items()}
-    with pytest.raises(NonFiniteLossError, match=r"3 consecutive iterations had a non-finite loss \(by step 3;"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"3 consecutive optimizer steps were skipped .* \(by step 3;.* this run wrote no checkpoint",
+    ):
         runner.train()
     after = runner.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # no step reached the weights
@@ -391,3 +398,109 @@ def test_a_first_loss_near_uniform_predictions_is_warned_about():
     warning = uniform_loss_warning(10.375, 32000)  # the "loss is still 10.3750" of broken set-ups
     assert warning.startswith("the loss 10.3750 is close to ln(32000) = 10.3735")
     assert "model.llama_model" in warning and "bf16" in warning
+
+
+def all_finite(ckpt: dict) -> bool:
+    return all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_a_step_that_would_make_the_weights_non_finite_is_undone(tmp_path):
+    # lr 1e39 is beyond float32: the gradients are finite, every step would make the weights inf.
+    keys = {"init_lr": 1e39, "warmup_lr": 1e39, "min_lr": 1e39, "checkpoint_interval": 2}
+    runner = make_runner(tmp_path, max_nonfinite_steps=1000, **keys)
+    before = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    runner.train()
+    assert all(math.isfinite(h["loss"]) for h in runner.history)  # the undone steps left the model as it was
+    out = tmp_path / "out" / "job"
+    checkpoints = sorted(out.glob("checkpoint_*.pth"))
+    assert [p.name for p in checkpoints] == ["checkpoint_0.pth", "checkpoint_1.pth", "checkpoint_last.pth"]
+    for path in checkpoints:
+        ckpt = load_checkpoint(path)
+        assert all(torch.equal(v, before[k]) for k, v in ckpt["model"].items()), path
+        assert all(torch.count_nonzero(state["step"]) == 0 for state in ckpt["optimizer"]["state"].values())
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"^5 consecutive optimizer steps were skipped .* the last checkpoint written is .*checkpoint_last.pth "
+        r"\(step 4\)",
+    ):
+        train(tmp_path, job_id="stops", **keys)
+
+
+def test_a_checkpoint_is_never_written_from_non_finite_weights(tmp_path):
+    runner = make_runner(tmp_path, max_epoch=1)
+    # A buffer the loss does not read (no step is skipped for it) and no optimizer step puts back.
+    runner.model.register_buffer("running_scale", torch.tensor([1.0, float("nan")]))
+    with pytest.raises(NonFiniteWeightsError, match=r"not writing .*checkpoint_0.pth: the weights running_scale"):
+        runner.train()
+    assert not list((tmp_path / "out" / "job").glob("checkpoint_*"))
+
+
+def test_a_truncated_checkpoint_is_named_and_skipped_in_a_run_folder(tmp_path, caplog):
+    keys = {"max_epoch": 2, "iters_per_epoch": 6, "checkpoint_interval": 2}
+    full = train(tmp_path, job_id="full", **keys)
+    losses = {h["step"]: h["loss"] for h in full.history}
+    out = tmp_path / "out" / "full"
+    (out / "checkpoint_1.pth").unlink()
+    last = out / "checkpoint_last.pth"
+    last.write_bytes(last.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(last))}: not a readable checkpoint, truncated"):
+        train(tmp_path, job_id="file", resume_ckpt_path=str(last), **keys)
+    with caplog.at_level("WARNING"):
+        resumed = train(tmp_path, job_id="folder", resume_ckpt_path=str(out), **keys)
+    (warning,) = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert warning.startswith(f"run.resume_ckpt_path: skipping {last}: not a readable checkpoint")
+    assert [h["step"] for h in resumed.history] == list(range(7, 13))  # from checkpoint_0.pth
+    assert [h["loss"] for h in resumed.history] == [losses[s] for s in range(7, 13)]
+    (out / "checkpoint_0.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .* loads: .*checkpoint_0.pth.*checkpoint_last.pth"):
+        resume_checkpoint(out)
+
+
+def resume_warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "resume_ckpt_path" in r.getMessage()]
+
+
+def test_resuming_with_other_data_settings_or_schedule_warns(tmp_path, caplog):
+    keys = {"max_epoch": 2, "iters_per_epoch": 6, "checkpoint_interval": 2}
+    train(tmp_path, job_id="full", **keys)
+    last = str(tmp_path / "out" / "full" / "checkpoint_last.pth")  # epoch 1, 4 iterations in
+    caplog.set_level("WARNING")
+    train(tmp_path, job_id="same", resume_ckpt_path=last, **keys)
+    assert resume_warnings_of(caplog) == []
+    changed = {**keys, "batch_size_train": 2, "checkpoint_interval": 0}
+    train(tmp_path, job_id="batch", resume_ckpt_path=last, **changed)
+    (warning,) = resume_warnings_of(caplog)
+    assert "other data settings (run.batch_size_train 4 -> 2, run.checkpoint_interval 2 -> 0)" in warning
+    caplog.clear()
+    shorter = {**keys, "iters_per_epoch": 4, "max_epoch": 3}
+    runner = train(tmp_path, job_id="shorter", resume_ckpt_path=last, **shorter)
+    assert [h["step"] for h in runner.history] == [9, 10, 11, 12]  # epoch 1 is complete at 4 iterations
+    data, schedule = resume_warnings_of(caplog)
+    assert data.endswith("the rest of epoch 1 (2 iterations) is skipped")
+    assert "the learning-rate schedule differs" in schedule
+    caplog.clear()
+    train(tmp_path, job_id="longer", resume_ckpt_path=last, **{**keys, "max_epoch": 3})
+    (schedule,) = resume_warnings_of(caplog)
+    assert "at epoch 1, iteration 3 it gave" in schedule and "max_epoch" in schedule
+    caplog.clear()
+    two_ranks = load_checkpoint(last)
+    two_ranks["rng"] = two_ranks["rng"] * 2  # as a 2-rank run writes it
+    torch.save(two_ranks, tmp_path / "two_ranks.pth")
+    train(tmp_path, job_id="ranks", resume_ckpt_path=str(tmp_path / "two_ranks.pth"), **keys)
+    (warning,) = resume_warnings_of(caplog)
+    assert "other data settings (2 -> 1 ranks)" in warning
+
+
+def test_resuming_a_finished_run_says_so(tmp_path):
+    train(tmp_path, job_id="full", max_epoch=2)
+    done = str(tmp_path / "out" / "full" / "checkpoint_1.pth")
+    with pytest.raises(ResumeError, match=r"checkpoint_1.pth ends a finished run \(epoch 1 complete, run.max_epoch"):
+        RunnerBase.check_config(RunOnly(**run_keys(tmp_path, max_epoch=2, resume_ckpt_path=done)).run_cfg)
+
+
+def test_run_folders_are_created_exclusively(tmp_path):
+    cfg = RunOnly(output_dir=str(tmp_path / "out")).run_cfg
+    with ThreadPoolExecutor(8) as pool:
+        folders = list(pool.map(lambda _: setup_output_dir(cfg, "20260101000000"), range(8)))
+    names = sorted(f.name for f in folders)
+    assert names == sorted(["20260101000000", *(f"20260101000000_{n}" for n in range(2, 9))])

@@ -4,8 +4,10 @@ as a plain ``python train.py`` process."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ import torch
 from tiny_assets import REPO_ROOT, STAGE1_TINY, STAGE2_TINY, tiny_path_options, tiny_root
 
 import train
-from minigpt4.common.checkpoint import load_checkpoint, trainable_state_dict
+from minigpt4.common.checkpoint import CheckpointError, load_checkpoint, trainable_state_dict
 from minigpt4.runners import runner_base
 
 
@@ -147,6 +149,7 @@ def test_a_wrong_key_or_path_ends_the_script_with_one_line(tmp_path):
         assert result.returncode == 1
         assert message in result.stderr
         assert "Traceback" not in result.stderr
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())  # no empty job folder
 
 
 def test_length_grouping_trains_on_batches_with_less_padding(in_tiny_root, tmp_path):
@@ -174,3 +177,85 @@ def test_mfu_is_logged_on_an_accelerator_whose_peak_is_known(in_tiny_root, tmp_p
     assert line["mfu"] == pytest.approx(flops / 989e12, rel=1e-9)
     (logged,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train: step=")]
     assert f" mfu={line['mfu']:.4f} " in logged
+
+
+def stage2(tmp_path: Path, *options: str) -> list[str]:
+    keys = ["run.num_workers=0", "run.max_epoch=1", "run.iters_per_epoch=4", "run.log_freq=2"]
+    return argv(STAGE2_TINY, *keys, f"run.output_dir={tmp_path / 'out'}", *options)
+
+
+def job_folders(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "out").iterdir()) if (tmp_path / "out").exists() else []
+
+
+def test_a_diverging_run_stops_with_finite_checkpoints_and_a_true_message(in_tiny_root, tmp_path):
+    options = ["run.init_lr=1e30", "run.warmup_lr=1e30", "run.checkpoint_interval=2", "run.iters_per_epoch=10"]
+    with pytest.raises(runner_base.NonFiniteLossError) as stop:
+        train.main(stage2(tmp_path, *options, "run.log_freq=5"))
+    (job,) = job_folders(tmp_path)
+    checkpoints = sorted(job.glob("checkpoint_*.pth"))
+    assert [p.name for p in checkpoints] == ["checkpoint_last.pth"]
+    for path in checkpoints:
+        assert all(torch.isfinite(v).all() for v in load_checkpoint(path)["model"].values() if v.is_floating_point())
+    message = str(stop.value)
+    assert "None of them was applied: the weights hold no non-finite value" in message
+    assert re.search(rf"the last checkpoint written is {re.escape(str(checkpoints[-1]))} \(step \d+\)\.", message)
+
+
+def test_folder_resume_skips_a_truncated_checkpoint(in_tiny_root, tmp_path, caplog):
+    keys = ["run.max_epoch=2", "run.checkpoint_interval=2"]
+    full = train.main(stage2(tmp_path, *keys))
+    losses = {h["step"]: h["loss"] for h in full.history}
+    (full.output_dir / "checkpoint_1.pth").unlink()
+    last = full.output_dir / "checkpoint_last.pth"  # epoch 1, 2 iterations in
+    last.write_bytes(last.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(last))}: not a readable checkpoint"):
+        train.main(stage2(tmp_path, *keys, f"run.resume_ckpt_path={last}"))
+    with caplog.at_level(logging.WARNING):
+        resumed = train.main(stage2(tmp_path, *keys, f"run.resume_ckpt_path={full.output_dir}"))
+    skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert skipped == [f"run.resume_ckpt_path: skipping {last}: " + skipped[0].split(": ", 2)[2]]
+    assert [h["step"] for h in resumed.history] == [6, 8]  # from checkpoint_0.pth
+    assert [h["loss"] for h in resumed.history] == [losses[6], losses[8]]
+
+
+def test_two_runs_started_in_the_same_second_get_two_folders(in_tiny_root, tmp_path, monkeypatch):
+    class SameSecond(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 2, 3, 4, 5, tzinfo=tz)
+
+    monkeypatch.setattr(train.datetime, "datetime", SameSecond)
+    first = train.main(stage2(tmp_path, "run.iters_per_epoch=2"))
+    second = train.main(stage2(tmp_path, "run.iters_per_epoch=2"))
+    assert [p.name for p in job_folders(tmp_path)] == ["20260102030405", "20260102030405_2"]
+    assert (first.job_id, second.job_id) == ("20260102030405", "20260102030405_2")
+    for runner in (first, second):
+        assert (runner.output_dir / "checkpoint_0.pth").is_file()
+        assert (runner.output_dir / "log.txt").read_text().count('"run": {') == 1  # its own config only
+
+
+def test_a_failed_start_leaves_no_folder(in_tiny_root, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        train.main(stage2(tmp_path, "model.vit_weights=nowhere/eva.pth"))
+    with pytest.raises(FileNotFoundError):  # found by the dataset builder, after the input check
+        train.main(stage2(tmp_path, "datasets.cc_sbu_align.build_info.storage=nowhere"))
+    assert job_folders(tmp_path) == []
+
+
+def test_resume_warns_about_other_data_settings_and_refuses_a_finished_run(in_tiny_root, tmp_path, caplog):
+    full = train.main(stage2(tmp_path, "run.checkpoint_interval=2"))
+    last = full.output_dir / "checkpoint_last.pth"
+    with caplog.at_level(logging.WARNING):
+        train.main(stage2(tmp_path, f"run.resume_ckpt_path={last}", "run.batch_size_train=2"))
+    (warning,) = [r.getMessage() for r in caplog.records if "other data settings" in r.getMessage()]
+    assert warning == (
+        f"run.resume_ckpt_path: {last} was written with other data settings (run.batch_size_train 4 -> 2, "
+        "run.checkpoint_interval 2 -> 0): the resumed run reads other batches and random draws than the "
+        "interrupted run would have"
+    )
+    before = job_folders(tmp_path)
+    finished = full.output_dir / "checkpoint_0.pth"
+    with pytest.raises(runner_base.ResumeError, match=r"ends a finished run \(epoch 0 complete, run.max_epoch is 1\)"):
+        train.main(stage2(tmp_path, f"run.resume_ckpt_path={finished}"))
+    assert job_folders(tmp_path) == before  # and no folder for the refused run

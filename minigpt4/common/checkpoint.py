@@ -16,7 +16,9 @@ of every rank, as tensors and plain types). Everything loads with ``torch.load(w
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from minigpt4.common.errors import MiniGPT4Error
+
+logger = logging.getLogger(__name__)
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -99,35 +105,96 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's dict, on the CPU, without unpickling anything but tensors and plain types."""
+class CheckpointError(MiniGPT4Error, OSError):
+    """A checkpoint file that cannot be used: truncated, not written by ``torch.save``, holding
+    objects that could run code, or holding non-finite weights."""
+
+
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's dict, on the CPU, without unpickling anything but tensors and plain types.
+    ``mmap``: map the tensors instead of reading them (reading the positions of many is cheap)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as error:
+            if not (mmap and "mmap can only be used" in str(error)):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # not a zip file: legacy or broken
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" not in str(error):
+            raise CheckpointError(f"{path}: not a readable checkpoint, not written by torch.save") from error
+        raise CheckpointError(
+            f"{path}: holds objects other than tensors and plain types, which torch.load(weights_only=True) "
+            "refuses (loading them could run code)"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        reason = str(error).splitlines()[0].split(". ")[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint, truncated or not written by torch.save ({reason})"
+        ) from error
+
+
+def checkpoint_position(ckpt: dict[str, Any]) -> tuple[int, float]:
+    """(epoch, iterations of it done): how far into training a checkpoint is. The reference's
+    checkpoints mark complete epochs and have no ``iters``."""
+    return ckpt["epoch"], ckpt.get("iters", float("inf"))
+
+
+# The last scan: the candidates' signatures -> the checkpoint chosen and its position, so that
+# the start-up checks and the runner read each candidate's header once and warn about one once.
+_last_scan: dict[tuple[Any, ...], tuple[Path, dict[str, int]]] = {}
+
+
+def find_resume_checkpoint(location: str | Path) -> tuple[Path, dict[str, int]]:
+    """``run.resume_ckpt_path`` as a file and its position (``epoch`` and, when saved, ``iters``):
+    a checkpoint file as it is, or a run's output folder -> the checkpoint in it that is furthest
+    into training (``checkpoint_last.pth`` of a run killed mid-epoch, else the last epoch's), so
+    that a crashed run resumes with one setting. In a folder, a checkpoint that does not load is
+    skipped with a warning; a file named directly that does not load is refused. Only the headers
+    are read (the tensors are mapped, not loaded)."""
+    path = Path(location)
+    if path.is_dir():
+        candidates = sorted(path.glob("checkpoint_*.pth"))
+        if not candidates:
+            raise FileNotFoundError(f"run.resume_ckpt_path: the folder '{location}' holds no checkpoint_*.pth")
+    elif path.is_file():
+        candidates = [path]
+    else:
+        raise FileNotFoundError(f"run.resume_ckpt_path: checkpoint '{location}' does not exist")
+    signature = tuple((str(c.resolve()), c.stat().st_size, c.stat().st_mtime_ns) for c in candidates)
+    if signature in _last_scan:
+        return _last_scan[signature]
+    found, reasons = {}, []
+    for candidate in candidates:
+        try:
+            ckpt = load_checkpoint(candidate, mmap=True)
+            found[candidate] = {"epoch": ckpt["epoch"], **{k: ckpt[k] for k in ("iters",) if k in ckpt}}
+        except (CheckpointError, KeyError) as error:
+            if path.is_file():
+                raise
+            reason = str(error) if isinstance(error, CheckpointError) else f"{candidate}: no {error} entry"
+            logger.warning("run.resume_ckpt_path: skipping %s", reason)
+            reasons.append(reason)
+    if not found:
+        raise CheckpointError(f"run.resume_ckpt_path: no checkpoint in '{location}' loads: {'; '.join(reasons)}")
+    chosen = max(found, key=lambda c: checkpoint_position(found[c]))
+    _last_scan.clear()
+    _last_scan[signature] = chosen, found[chosen]
+    return _last_scan[signature]
 
 
 def resume_checkpoint(location: str | Path) -> Path:
-    """``run.resume_ckpt_path`` as a file: a checkpoint file as it is, or a run's output folder ->
-    the checkpoint in it that is furthest into training (``checkpoint_last.pth`` of a run killed
-    mid-epoch, else the last epoch's), so that a crashed run resumes with one setting."""
-    path = Path(location)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise FileNotFoundError(f"run.resume_ckpt_path: checkpoint '{location}' does not exist")
-    candidates = sorted(path.glob("checkpoint_*.pth"))
-    if not candidates:
-        raise FileNotFoundError(f"run.resume_ckpt_path: the folder '{location}' holds no checkpoint_*.pth")
-
-    def position(candidate: Path) -> tuple[int, float]:
-        ckpt = load_checkpoint(candidate)
-        return ckpt["epoch"], ckpt.get("iters", float("inf"))  # the reference's mark whole epochs
-
-    return max(candidates, key=position)
+    """The checkpoint file ``run.resume_ckpt_path`` names (see ``find_resume_checkpoint``)."""
+    return find_resume_checkpoint(location)[0]
 
 
 __all__ = [
+    "CheckpointError",
+    "checkpoint_position",
+    "find_resume_checkpoint",
     "load_checkpoint",
     "load_trainable_state_dict",
     "resume_checkpoint",

@@ -6,11 +6,16 @@ rate of every parameter group. One fix over the reference: warmup is driven by t
 so a warmup longer than one epoch keeps warming up in the next epoch (the reference used the
 in-epoch step, which restarted the warmup at every epoch). When the warmup fits in epoch 0, as in
 every reference config, the two agree exactly.
+
+Both schedules take the reference's keyword set (``optimizer, max_epoch, iters_per_epoch, min_lr,
+init_lr, decay_rate, warmup_start_lr, warmup_steps``) and ignore the keywords they do not use, as
+the reference did: a runner written against it builds either schedule with the same call.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -54,7 +59,9 @@ class LinearWarmupCosineLRScheduler:
         init_lr: float,
         warmup_steps: int = 0,
         warmup_start_lr: float = -1,
+        **unused: Any,  # decay_rate: the step schedule's keyword
     ) -> None:
+        del unused
         self.optimizer = optimizer
         self.max_epoch = max_epoch
         self.iters_per_epoch = iters_per_epoch
@@ -104,7 +111,9 @@ class LinearWarmupStepLRScheduler:
         decay_rate: float = 1.0,
         warmup_start_lr: float = -1,
         warmup_steps: int = 0,
+        **unused: Any,  # max_epoch: the cosine schedule's keyword
     ) -> None:
+        del unused
         self.optimizer = optimizer
         self.iters_per_epoch = iters_per_epoch
         self.min_lr = min_lr

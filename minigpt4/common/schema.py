@@ -184,7 +184,9 @@ class RunConfig:
     seed: int = 42
     output_dir: str = "output"
     amp: bool = False
-    # A checkpoint file, or a run's output folder: its checkpoint furthest into training.
+    # A checkpoint file, or a run's output folder: its checkpoint furthest into training that loads.
+    # Resuming with other data settings (iters_per_epoch, batch size, checkpoint_interval, seed,
+    # num_workers, length_grouping, ranks) is allowed with a warning; a finished run is refused.
     resume_ckpt_path: str | None = None
     evaluate: bool = False
     train_splits: list[str] = field(default_factory=lambda: ["train"])
@@ -211,9 +213,10 @@ class RunConfig:
     # Also write ``checkpoint_last.pth`` every N iterations inside an epoch (0: only at epoch end,
     # the reference). A multiple of accum_grad_iters.
     checkpoint_interval: int = 0
-    # A step whose loss is not finite is skipped and counted; this many in a row stop the run. The
-    # count is read at every log line and at the end of each epoch (never per step, to keep the
-    # device asynchronous); skipped steps leave the weights untouched, so stopping late is harmless.
+    # A step whose loss, gradients (under a fixed loss scale) or updated weights are not finite is
+    # not applied (undone on the device) and counted; this many in a row stop the run. The count is
+    # read at every log line (never per step, to keep the device asynchronous); skipped steps leave
+    # the weights untouched, so stopping late is harmless.
     max_nonfinite_steps: int = 5
     # 0: batches as the shuffle makes them (the reference). N: gather N batches' worth of samples,
     # sort them by text length and cut them into N batches of similar length, for less padding

@@ -11,8 +11,9 @@ What differs from the reference, and why:
   throughput figures are accumulated on the device and read once per log line; a first loss near
   that of uniform predictions (a broken LLM) is warned about. A non-finite loss is made to poison the
   gradients, so that the loss scaler skips the step on the device (the fused AdamW takes the
-  scaler's "found inf" flag); the count of such steps is read with the log line, and the run stops
-  once ``run.max_nonfinite_steps`` come in a row.
+  scaler's "found inf" flag); a step that would leave a weight non-finite is undone on the device
+  (``StepGuard``). The count of skipped steps is read with the log line, and the run stops once
+  ``run.max_nonfinite_steps`` come in a row; a checkpoint is never written from non-finite weights.
 * The loss scaler always exists: dynamic for fp16 (the reference), a fixed scale of 1 for bf16 and
   fp32 (only its skipping is used), or ``run.static_loss_scale`` (the Ascend port's fixed 65536).
 * Only trainable parameters take part in DDP: frozen weights are loaded identically by every rank
@@ -20,14 +21,19 @@ What differs from the reference, and why:
 * Checkpoints add the iteration, the scheduler position and every rank's RNG states, and the data
   stream restarts from a seed derived from the global step at every checkpoint (each epoch end and
   every ``run.checkpoint_interval`` iterations), so a resumed run reads exactly the batches the
-  uninterrupted run read and reproduces its losses.
+  uninterrupted run read and reproduces its losses; a resume whose settings change the batches or
+  the schedule says so in a warning (``resume_warnings``).
+* Run folders are created exclusively (``setup_output_dir``), and a failed start removes its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import logging
+import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from minigpt4.common.checkpoint import (
+    find_resume_checkpoint,
     load_checkpoint,
     load_trainable_state_dict,
     resume_checkpoint,
@@ -48,6 +55,7 @@ from minigpt4.common.checkpoint import (
 from minigpt4.common.device import accelerator_name, autocast, autocast_dtype, parse_dtype
 from minigpt4.common.dist_utils import (
     all_gather_object,
+    all_reduce,
     barrier,
     get_rank,
     get_world_size,
@@ -76,15 +84,32 @@ DYNAMIC_INIT_SCALE = 2.0**16
 
 
 class NonFiniteLossError(MiniGPT4Error, RuntimeError):
-    """Too many consecutive iterations produced a non-finite loss."""
+    """Too many consecutive optimizer steps were skipped (non-finite loss, gradients or weights)."""
+
+
+class NonFiniteWeightsError(MiniGPT4Error, RuntimeError):
+    """A checkpoint was about to be written from weights holding a non-finite value."""
+
+
+class ResumeError(MiniGPT4Error, ValueError):
+    """``run.resume_ckpt_path`` names a checkpoint this run cannot continue from."""
 
 
 def setup_output_dir(run_cfg: Any, job_id: str) -> Path:
-    """``run.output_dir/<job_id>``, relative to the working directory, created and checked
-    writable (call it on rank 0 before anything is loaded: an unwritable folder fails in seconds)."""
-    output_dir = Path(run_cfg.output_dir) / job_id
+    """``run.output_dir/<job_id>``, relative to the working directory, created for this run alone
+    and checked writable (call it on rank 0 before anything is loaded: an unwritable folder fails
+    in seconds). Where that folder exists already (a run started in the same second),
+    ``<job_id>_2``, ``<job_id>_3`` ... is taken: the returned folder's name is the run's job id."""
+    parent = Path(run_cfg.output_dir)
+    output_dir = parent / job_id
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(2):
+            try:
+                output_dir.mkdir()  # exclusive: fails where another run made the folder first
+                break
+            except FileExistsError:
+                output_dir = parent / f"{job_id}_{n}"
         probe = output_dir / ".write_test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -93,6 +118,14 @@ def setup_output_dir(run_cfg: Any, job_id: str) -> Path:
             f"run.output_dir: cannot write to {output_dir.resolve()} ({error.strerror or error})"
         ) from error
     return output_dir
+
+
+def discard_output_dir(output_dir: Path) -> None:
+    """Remove the folder of a run that failed before it had anything to keep: no checkpoint in it
+    (the caller knows that no step was logged), so that a failed start leaves no folder behind."""
+    if output_dir.is_dir() and not any(output_dir.glob("checkpoint_*.pth")):
+        shutil.rmtree(output_dir, ignore_errors=True)
+        logger.info("Removed %s: the run stopped before it wrote anything to keep", output_dir)
 
 
 def resolve_precision(run_cfg: Any, device: torch.device) -> torch.dtype | None:
@@ -200,6 +233,106 @@ def step_optimizer(
     return norm
 
 
+def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Whether every element is finite, as a device bool (not read here)."""
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+
+
+class StepGuard:
+    """Makes sure no optimizer step leaves a trainable parameter non-finite, and counts the
+    consecutive steps that were not applied, on the device (read with the log line).
+
+    The loss scaler already skips a step whose gradients are not finite (a non-finite loss is made
+    to poison them, see ``scaled_backward``). Finite gradients can still give non-finite weights
+    (a huge learning rate): the parameters and the optimizer state are copied before each step and
+    put back, on the device, where the step left a parameter non-finite. A skipped step counts
+    when a loss of its iterations or a parameter was not finite, or, under a fixed loss scale, a
+    gradient; the overflows of a dynamic fp16 scale are the scaler's normal working."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, trainable: list[nn.Parameter], count_overflow: bool) -> None:
+        self.optimizer = optimizer
+        self.trainable = trainable
+        self.count_overflow = count_overflow
+        device = trainable[0].device
+        self._loss_bad = torch.zeros((), dtype=torch.bool, device=device)
+        self._run = torch.zeros((), dtype=torch.float64, device=device)
+        self._longest = torch.zeros((), dtype=torch.float64, device=device)
+
+    def note_loss(self, loss: torch.Tensor) -> None:
+        self._loss_bad |= ~torch.isfinite(loss.detach())
+
+    def step(
+        self, scaler: torch.amp.GradScaler, fixed_scale: float | None, max_grad_norm: float | None
+    ) -> torch.Tensor:
+        """``step_optimizer``, undone where it made a parameter non-finite; returns the gradient norm."""
+        grads_ok = all_finite([p.grad for p in self.trainable if p.grad is not None])
+        saved = [(p.detach().clone(), self._tensor_state(p, clone=True)) for p in self.trainable]
+        norm = step_optimizer(self.optimizer, scaler, fixed_scale, self.trainable, max_grad_norm)
+        params_ok = all_finite(self.trainable)
+        for p, (old_p, old_state) in zip(self.trainable, saved, strict=True):
+            p.detach().copy_(torch.where(params_ok, p.detach(), old_p))
+            for key, value in self._tensor_state(p).items():
+                value.copy_(torch.where(params_ok, value, old_state.get(key, torch.zeros_like(value))))
+        skipped = self._loss_bad | ~params_ok
+        if self.count_overflow:
+            skipped |= ~grads_ok
+        self._run = (self._run + 1.0) * skipped
+        self._longest = torch.maximum(self._longest, self._run)
+        self._loss_bad.zero_()
+        return norm
+
+    def longest_skipped_run(self) -> int:
+        """The longest run of consecutive skipped steps on any rank (a host read and an all-reduce)."""
+        return int(all_reduce(self._longest.clone(), torch.distributed.ReduceOp.MAX).item())
+
+    def _tensor_state(self, p: nn.Parameter, clone: bool = False) -> dict[str, torch.Tensor]:
+        state = self.optimizer.state.get(p, {})
+        return {k: v.clone() if clone else v for k, v in state.items() if torch.is_tensor(v)}
+
+
+def resume_position(ckpt: dict[str, Any], iters_per_epoch: int) -> tuple[int, int]:
+    """The (epoch, iteration) a run resumed from ``ckpt`` starts at."""
+    epoch, done = ckpt["epoch"], ckpt.get("iters", iters_per_epoch)  # reference checkpoints mark whole epochs
+    return (epoch + 1, 0) if done >= iters_per_epoch else (epoch, done)
+
+
+# The run: keys that decide which batches a run reads from a given step on.
+STREAM_KEYS = ("iters_per_epoch", "batch_size_train", "checkpoint_interval", "seed", "num_workers", "length_grouping")
+
+
+def resume_warnings(path: Path, ckpt: dict[str, Any], run_cfg: Any, world_size: int, scheduler: Any) -> list[str]:
+    """One line for each way the resumed run differs from the run that wrote ``ckpt``: the data
+    settings and rank count (the batches differ from those the interrupted run would have read;
+    a smaller ``iters_per_epoch`` skips the rest of the epoch), and the learning-rate schedule."""
+    warnings = []
+    saved = (ckpt.get("config") or {}).get("run") or {}
+    changed = [f"run.{k} {saved[k]} -> {run_cfg[k]}" for k in STREAM_KEYS if k in saved and saved[k] != run_cfg[k]]
+    ranks = len(ckpt.get("rng") or [])
+    if ranks != world_size:
+        changed.append(f"{ranks or 'unknown'} -> {world_size} ranks")
+    if changed:
+        done = ckpt.get("iters", 0)
+        skipped = ""
+        if saved.get("iters_per_epoch", 0) > done >= run_cfg.iters_per_epoch:
+            skipped = f"; the rest of epoch {ckpt['epoch']} ({saved['iters_per_epoch'] - done} iterations) is skipped"
+        warnings.append(
+            f"run.resume_ckpt_path: {path} was written with other data settings ({', '.join(changed)}): the resumed "
+            f"run reads other batches and random draws than the interrupted run would have{skipped}"
+        )
+    sched = ckpt.get("scheduler")
+    if sched and sched.get("name") != run_cfg.lr_sched:
+        warnings.append(
+            f"run.resume_ckpt_path: {path} was trained with run.lr_sched {sched.get('name')}, now {run_cfg.lr_sched}"
+        )
+    elif sched and not math.isclose(lr := scheduler.lr_at(sched["epoch"], sched["step"]), sched["lr"], rel_tol=1e-6):
+        warnings.append(
+            f"run.resume_ckpt_path: the learning-rate schedule differs from the one {path} was trained with: at epoch "
+            f"{sched['epoch']}, iteration {sched['step']} it gave {sched['lr']:.4g}, now {lr:.4g} (run.init_lr, "
+            "min_lr, warmup_lr, warmup_steps, max_epoch, lr_decay_rate or iters_per_epoch changed)"
+        )
+    return warnings
+
+
 def move_to_device(samples: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in samples.items()}
 
@@ -216,6 +349,7 @@ class RunnerBase:
         self.job_id = job_id
         self.output_dir = Path(cfg.run_cfg.output_dir) / job_id
         self.history: list[dict[str, Any]] = []  # the figures of every log line
+        self.last_checkpoint: tuple[Path, int] | None = None  # and its global step
 
     def train_loader(self, global_step: int) -> Any:
         """The batch stream from ``global_step`` on, seeded from ``run.seed`` and that step."""
@@ -223,17 +357,32 @@ class RunnerBase:
         return build_train_loader(self.datasets, run, get_rank(), get_world_size(), seed=run.seed + global_step)
 
     def save(self, name: str, state: dict[str, Any]) -> None:
-        """Gather every rank's RNG state into ``state``, then write ``name`` on rank 0 only."""
+        """Gather every rank's RNG state into ``state``, then write ``name`` on rank 0 only; refuse
+        to write weights that hold a non-finite value (one host read per checkpoint)."""
         state["rng"] = all_gather_object(state["rng"])
+        bad = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteWeightsError(
+                f"not writing {self.output_dir / name}: the weights {', '.join(bad)} hold non-finite values at epoch "
+                f"{state['epoch']}, {state['iters']} iterations in; {self.last_checkpoint_words()}"
+            )
         if is_main_process():
             path = self.output_dir / name
             save_checkpoint(path, state)
             logger.info("Saving checkpoint at epoch %d (%d iterations in) to %s.", state["epoch"], state["iters"], path)
+        self.last_checkpoint = self.output_dir / name, state["global_step"]
+
+    def last_checkpoint_words(self) -> str:
+        if self.last_checkpoint is None:
+            return "this run wrote no checkpoint"
+        path, step = self.last_checkpoint
+        return f"the last checkpoint written is {path} (step {step})"
 
     @staticmethod
     def check_config(run_cfg: Any) -> None:
-        """Refuse ``run:`` values the loop cannot work with (train.py calls this before anything is
-        loaded; ``train`` calls it again for runners built by hand)."""
+        """Refuse ``run:`` values the loop cannot work with, and a resume checkpoint that ends a
+        finished run (train.py calls this before anything is loaded; ``train`` calls it again for
+        runners built by hand)."""
         if run_cfg.evaluate or run_cfg.valid_splits or run_cfg.test_splits:
             raise ValueError(
                 "run.evaluate, run.valid_splits, run.test_splits: the image_text_pretrain task has no evaluation "
@@ -253,6 +402,37 @@ class RunnerBase:
                 f"({run_cfg.checkpoint_interval}) must be multiples of run.accum_grad_iters ({accum}), so that "
                 "checkpoints fall between steps"
             )
+        if run_cfg.resume_ckpt_path:
+            path, position = find_resume_checkpoint(run_cfg.resume_ckpt_path)
+            epoch, _ = resume_position(position, int(run_cfg.iters_per_epoch))
+            if epoch >= run_cfg.max_epoch:
+                raise ResumeError(
+                    f"run.resume_ckpt_path: {path} ends a finished run (epoch {epoch - 1} complete, "
+                    f"run.max_epoch is {run_cfg.max_epoch}); raise run.max_epoch to train further"
+                )
+
+    def resume(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scheduler: Any
+    ) -> tuple[int, int]:
+        """Load ``run.resume_ckpt_path`` into the model, optimizer, loss scaler and random generators;
+        returns the (epoch, iteration) to start at. Warns where the resumed run cannot read the
+        batches the interrupted run would have read (see ``resume_warnings``)."""
+        run = self.config.run_cfg
+        path = resume_checkpoint(run.resume_ckpt_path)
+        ckpt = load_checkpoint(path)
+        load_trainable_state_dict(model, ckpt["model"], str(path))
+        load_optimizer_state(optimizer, ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        rank, world_size = get_rank(), get_world_size()
+        if len(ckpt.get("rng") or []) == world_size:
+            set_rng_state(ckpt["rng"][rank], next(model.parameters()).device)
+        if is_main_process():
+            for warning in resume_warnings(path, ckpt, run, world_size, scheduler):
+                logger.warning(warning)
+        start_epoch, start_iter = resume_position(ckpt, int(run.iters_per_epoch))
+        logger.info("Resume checkpoint from %s at epoch %d, iteration %d", path, start_epoch, start_iter)
+        return start_epoch, start_iter
 
     def train(self) -> list[dict[str, Any]]:
         """Run the training; returns ``history``, the figures of every log line."""
@@ -264,30 +444,16 @@ class RunnerBase:
 
         # --- set-up, in order: device, model, optimizer, scaler, schedule, resume, outputs ---
         device = init_distributed_mode(run.device, run.dist_url)
-        rank, world_size = get_rank(), get_world_size()
+        world_size = get_world_size()
         dtype = resolve_precision(run, device)
         model = self.model.to(device)
         ddp_model = wrap_ddp(model, device) if world_size > 1 else model
         optimizer = build_optimizer(model, run)
         trainable = [p for p in model.parameters() if p.requires_grad]
         scaler, fixed_scale = build_scaler(run, device, backward_dtype(dtype, model))
+        guard = StepGuard(optimizer, trainable, count_overflow=fixed_scale is not None)
         scheduler = registry.get_lr_scheduler_class(run.lr_sched).from_config(optimizer, run, iters_per_epoch)
-
-        start_epoch, start_iter = 0, 0
-        if run.resume_ckpt_path:
-            resume = resume_checkpoint(run.resume_ckpt_path)
-            ckpt = load_checkpoint(resume)
-            load_trainable_state_dict(model, ckpt["model"], str(resume))
-            load_optimizer_state(optimizer, ckpt["optimizer"])
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            done = ckpt.get("iters", iters_per_epoch)  # reference checkpoints mark complete epochs
-            start_epoch, start_iter = (ckpt["epoch"] + 1, 0) if done >= iters_per_epoch else (ckpt["epoch"], done)
-            if len(ckpt.get("rng") or []) == world_size:
-                set_rng_state(ckpt["rng"][rank], device)
-            else:
-                logger.warning("%s has no RNG state for %d ranks: random draws will differ", resume, world_size)
-            logger.info("Resume checkpoint from %s at epoch %d, iteration %d", resume, start_epoch, start_iter)
+        start_epoch, start_iter = self.resume(model, optimizer, scaler, scheduler) if run.resume_ckpt_path else (0, 0)
         if is_main_process():
             log_config(self.output_dir, self.config.to_dict())
         tensorboard = TensorBoard(self.output_dir / "tensorboard") if is_main_process() else None
@@ -369,6 +535,7 @@ class RunnerBase:
                     with autocast(device, dtype):
                         out = self.task.train_step(ddp_model, samples)
                     scaled_backward(out["loss"], scaler, trainable)
+                guard.note_loss(out["loss"])
                 metrics.update(
                     out["loss"],
                     tokens=out["tokens"],
@@ -378,17 +545,18 @@ class RunnerBase:
                     data_time=data_time,
                 )
                 if optimizer_step:
-                    metrics.add_grad_norm(step_optimizer(optimizer, scaler, fixed_scale, trainable, run.max_grad_norm))
+                    metrics.add_grad_norm(guard.step(scaler, fixed_scale, run.max_grad_norm))
 
                 if step % run.log_freq == 0 or i == iters_per_epoch - 1:
                     stats = metrics.read()
                     self.history.append(log_step(stats, step, epoch, i + 1, lr))
-                    if stats.longest_nonfinite_run >= run.max_nonfinite_steps:
+                    if (skipped := guard.longest_skipped_run()) >= run.max_nonfinite_steps:
                         raise NonFiniteLossError(
-                            f"{stats.longest_nonfinite_run} consecutive iterations had a non-finite loss (by step "
-                            f"{step}; run.max_nonfinite_steps is {run.max_nonfinite_steps}). Their updates were "
-                            "skipped, so the weights and the last checkpoint are intact. Lower run.init_lr, "
-                            "train in bf16 or fp32 (run.precision), or check the data."
+                            f"{skipped} consecutive optimizer steps were skipped for a non-finite loss, gradient or "
+                            f"updated weight (by step {step}; run.max_nonfinite_steps is {run.max_nonfinite_steps}). "
+                            f"None of them was applied: the weights hold no non-finite value and "
+                            f"{self.last_checkpoint_words()}. Lower run.init_lr, train in bf16 or fp32 "
+                            "(run.precision), or check the data."
                         )
                     metrics.start_window()
                 if run.checkpoint_interval and step % run.checkpoint_interval == 0 and i < iters_per_epoch - 1:
