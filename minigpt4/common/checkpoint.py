@@ -25,11 +25,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from minigpt4.common.errors import MiniGPT4Error
+
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state_dict without frozen parameters (tied names included); buffers are kept."""
     frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
     return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+class CheckpointMismatchError(MiniGPT4Error, KeyError):
+    """A checkpoint whose parameters are not the model's (other names or shapes)."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0])
 
 
 def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -43,9 +52,20 @@ def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor], 
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:
-        raise KeyError(
+        raise CheckpointMismatchError(
             f"{source} does not match the model's trainable parameters: "
             f"missing {missing or 'none'}; unexpected {unexpected or 'none'}"
+        )
+    own = model.state_dict()
+    mis_shaped = [
+        f"{key} is {tuple(value.shape)} in the file, {tuple(own[key].shape)} in the model"
+        for key, value in state.items()
+        if key in own and tuple(value.shape) != tuple(own[key].shape)
+    ]
+    if mis_shaped:
+        raise CheckpointMismatchError(
+            f"{source} was saved from a model of another size: {'; '.join(mis_shaped)} "
+            "(is it from another config, an LLM of another hidden size or another model.num_query_token?)"
         )
     model.load_state_dict(state, strict=False)
 

@@ -105,6 +105,9 @@ def torch_load(path: Path) -> object:
             f"{path} holds Python objects other than tensors and plain containers; "
             f"it is not loaded because a weight file must not be able to run code ({error})"
         ) from error
+    except (EOFError, IndexError, KeyError, ValueError, RuntimeError) as error:
+        # Not a torch file at all (text, empty, truncated): the unpickler fails in its own terms.
+        raise WeightLoadError(f"{path} is not a torch weight file ({type(error).__name__}: {error})") from error
 
 
 def _listed(keys: Iterable[str]) -> str:
