@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import random
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -424,4 +425,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the package is one folder up
+    from minigpt4.common.cli import run_main
+
+    run_main(main, "dataset/make_synthetic.py")

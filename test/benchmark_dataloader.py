@@ -101,4 +101,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from minigpt4.common.cli import run_main
+
+    run_main(main, "test/benchmark_dataloader.py")

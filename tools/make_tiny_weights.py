@@ -291,4 +291,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from minigpt4.common.cli import run_main
+
+    run_main(main, "tools/make_tiny_weights.py")

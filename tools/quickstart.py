@@ -176,4 +176,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from minigpt4.common.cli import run_main
+
+    run_main(main, "tools/quickstart.py")
