@@ -82,14 +82,16 @@ _threads = {"set": False}  # per process: the first CPU set-up decides, flags as
 
 def set_cpu_threads(threads: int | None = None) -> int:
     """Sets torch's thread count once per process: ``threads`` when given (a command-line flag),
-    else ``OMP_NUM_THREADS`` when set (torch has read it; torchrun sets 1), else :func:`cpu_threads`.
+    else ``OMP_NUM_THREADS`` when set (torchrun sets 1), else :func:`cpu_threads`.
     Later calls without ``threads`` keep the count. Returns the count in use."""
     if threads is not None:
         if threads < 1:
             raise DeviceNameError(f"the CPU thread count must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-    elif not _threads["set"] and not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(cpu_threads())
+    elif not _threads["set"]:
+        explicit = os.environ.get("OMP_NUM_THREADS", "")
+        # Set even when given: torch does not always take OMP_NUM_THREADS above its own count.
+        torch.set_num_threads(int(explicit) if explicit.isdigit() and int(explicit) > 0 else cpu_threads())
     _threads["set"] = True
     return torch.get_num_threads()
 
