@@ -145,17 +145,23 @@ def answer_all(chat: Chat, requests: Sequence[Request], batch_size: int, out: Te
 @contextmanager
 def open_output(path: str) -> Iterator[TextIO]:
     """``path`` opened for writing (``-``: standard output). A folder or a file that cannot be
-    written is an InputError, raised before anything heavy is loaded."""
+    written is an InputError, raised before anything heavy is loaded; a file this call created
+    is removed again when nothing was written to it (the run stopped before its first answer)."""
     if path == "-":
         yield sys.stdout
         return
+    created = not Path(path).exists()
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         out = open(path, "w", encoding="utf-8")  # noqa: SIM115  (closed below, after the answers)
     except OSError as err:
         raise InputError(f"--output {path} cannot be written: {err.strerror or err}") from None
-    with out:
-        yield out
+    try:
+        with out:
+            yield out
+    finally:
+        if created and Path(path).stat().st_size == 0:
+            Path(path).unlink()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
