@@ -70,7 +70,7 @@ def through_loader(datasets: dict, workers: int, batch_size: int, batches: int, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="shards to read (folder, pattern or list); default: synthetic 256-px shards")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--image-size", type=int, default=224, help="training image side (default: 224)")
     parser.add_argument("--samples", type=int, default=400, help="images timed in the one-process measurement")
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="DataLoader worker counts to time")
     parser.add_argument("--batch-size", type=int, default=64, help="stage 1 uses 64 per GPU")

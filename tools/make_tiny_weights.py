@@ -284,8 +284,10 @@ def make_tiny_weights(out: Path, spec: TinySpec | None = None) -> TinyWeights:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="folder to write the weights into")
-    parser.add_argument("--image-size", type=int, default=TinySpec.image_size)
-    parser.add_argument("--seed", type=int, default=TinySpec.seed)
+    parser.add_argument(
+        "--image-size", type=int, default=TinySpec.image_size, help=f"image side (default: {TinySpec.image_size})"
+    )
+    parser.add_argument("--seed", type=int, default=TinySpec.seed, help=f"seeds the weights (default: {TinySpec.seed})")
     add_debug_argument(parser)
     args = parser.parse_args()
     weights = make_tiny_weights(args.out, TinySpec(image_size=args.image_size, seed=args.seed))
