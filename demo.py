@@ -13,18 +13,17 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from minigpt4.common.device import resolve_device
-from minigpt4.common.logger import setup_logger
-from minigpt4.conversation.demo_app import build_demo
-from minigpt4.conversation.launch import add_model_arguments, build_chat
+from minigpt4.common.cli import add_model_arguments, run_main
 
 logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Demo")
+    parser = argparse.ArgumentParser(description="The MiniGPT-4 web demo: chat about an image in the browser.")
     add_model_arguments(parser, default_device="cuda")
-    parser.add_argument("--gpu-id", type=int, default=0, help="specify the gpu to load the model.")
+    parser.add_argument(
+        "--gpu-id", type=int, default=0, help="the GPU to load the model on, when --device has no index (default: 0)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve the page on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve the page on (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also publish the page through a public gradio link")
@@ -33,6 +32,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    # Imported once the arguments are parsed, so that --help answers without loading torch and gradio.
+    from minigpt4.common.device import resolve_device
+    from minigpt4.common.logger import setup_logger
+    from minigpt4.conversation.demo_app import build_demo
+    from minigpt4.conversation.launch import build_chat
+
     setup_logger()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own requests to the page
     device = resolve_device(args.device, local_rank=args.gpu_id)
@@ -49,4 +54,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "demo.py")

@@ -6,9 +6,8 @@
 See minigpt4/conversation/batch_inference.py for the input forms and every option.
 """
 
-import sys
-
+from minigpt4.common.cli import run_main
 from minigpt4.conversation.batch_inference import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "inference.py")

@@ -19,24 +19,12 @@ import logging
 import os
 import random
 import sys
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+from minigpt4.common.cli import add_debug_argument, run_main
 
-import minigpt4  # noqa: F401  (registers every YAML name)
-from minigpt4.common.config import Config, ConfigError
-from minigpt4.common.dist_utils import (
-    broadcast_object,
-    destroy_process_group,
-    get_rank,
-    init_distributed_mode,
-    is_main_process,
-)
-from minigpt4.common.logger import setup_logger
-from minigpt4.common.registry import registry
-from minigpt4.models.loaders import WeightLoadError
-from minigpt4.runners.runner_base import RunnerBase, discard_output_dir, setup_output_dir
-from minigpt4.tasks import setup_task
+if TYPE_CHECKING:
+    from minigpt4.runners.runner_base import RunnerBase
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--options", nargs="+", help="overrides merged last, as key=value (or key value) pairs: run.max_epoch=1 ..."
     )
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
 def setup_seeds(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -60,7 +52,16 @@ def setup_seeds(seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> RunnerBase:
     """Train as the config says; returns the runner (its ``history`` holds every log line's figures)."""
-    cfg = Config(parse_args(argv))
+    args = parse_args(argv)
+    # Imported once the arguments are parsed, so that --help answers without loading torch.
+    from minigpt4.common.config import Config
+    from minigpt4.common.dist_utils import broadcast_object, get_rank, init_distributed_mode, is_main_process
+    from minigpt4.common.logger import setup_logger
+    from minigpt4.common.registry import registry
+    from minigpt4.runners.runner_base import discard_output_dir, setup_output_dir
+    from minigpt4.tasks import setup_task
+
+    cfg = Config(args)
     run_cfg = cfg.run_cfg
     setup_logger(int(os.environ.get("RANK", "0")))
     device = init_distributed_mode(run_cfg.device, run_cfg.dist_url)
@@ -88,12 +89,13 @@ def main(argv: list[str] | None = None) -> RunnerBase:
     return runner
 
 
+def leave_process_group() -> None:
+    # Only a run that got as far as the process group has one (and --help never loads torch).
+    dist_utils = sys.modules.get("minigpt4.common.dist_utils")
+    if dist_utils is not None:
+        dist_utils.destroy_process_group()
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, WeightLoadError) as error:
-        # A wrong key, path or weight file: one clear line (under torchrun, from every rank)
-        # instead of a traceback that buries it.
-        sys.exit(f"train.py: {error}")
-    finally:
-        destroy_process_group()
+    # A wrong key, path, device or weight file ends in one line (under torchrun, from every rank).
+    run_main(main, "train.py", cleanup=leave_process_group)

@@ -214,4 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the package is one folder up
+    from minigpt4.common.cli import run_main
+
+    run_main(main, "dataset/check_data.py")

@@ -3,7 +3,13 @@
 python convert_cc_sbu.py [ccs_synthetic_filtered_large.json] [ccs_synthetic_filtered_large.tsv]
 """
 
+import sys
+from pathlib import Path
+
 from json_to_tsv import main
 
 if __name__ == "__main__":
-    main("ccs_synthetic_filtered_large.json", "ccs_synthetic_filtered_large.tsv")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the package is one folder up
+    from minigpt4.common.cli import run_main
+
+    run_main(lambda: main("ccs_synthetic_filtered_large.json", "ccs_synthetic_filtered_large.tsv"), "convert_cc_sbu.py")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 COLUMNS = ("url", "caption")
@@ -33,10 +34,25 @@ def json_to_tsv(source: Path, target: Path) -> int:
     return len(records)
 
 
-def main(default_source: str, default_target: str) -> None:
-    parser = argparse.ArgumentParser(description=f"Convert {default_source} to {default_target} for img2dataset.")
-    parser.add_argument("source", nargs="?", type=Path, default=Path(default_source), help="the BLIP JSON list")
-    parser.add_argument("target", nargs="?", type=Path, default=Path(default_target), help="the TSV to write")
-    args = parser.parse_args()
+def main(default_source: str | None = None, default_target: str | None = None, argv: list[str] | None = None) -> None:
+    """The command line; ``convert_laion.py`` and ``convert_cc_sbu.py`` give default file names,
+    ``json_to_tsv.py`` run by itself needs both."""
+    what = f"{default_source} to {default_target}" if default_source else "a BLIP JSON list to a TSV"
+    parser = argparse.ArgumentParser(description=f"Convert {what} for img2dataset.")
+    optional = {"nargs": "?"} if default_source else {}
+    parser.add_argument(
+        "source", type=Path, default=default_source and Path(default_source), help="the BLIP JSON list", **optional
+    )
+    parser.add_argument(
+        "target", type=Path, default=default_target and Path(default_target), help="the TSV to write", **optional
+    )
+    args = parser.parse_args(argv)
     count = json_to_tsv(args.source, args.target)
     print(f"wrote {count} rows to {args.target}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the package is one folder up
+    from minigpt4.common.cli import run_main
+
+    run_main(main, "json_to_tsv.py")

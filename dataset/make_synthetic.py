@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import random
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,11 +398,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write laion/, cc_sbu/, cc_sbu_align/ into")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (img2dataset used 256)")
-    parser.add_argument("--laion-samples", type=int, default=240)
-    parser.add_argument("--cc-sbu-samples", type=int, default=120)
-    parser.add_argument("--align-samples", type=int, default=60)
+    parser.add_argument("--laion-samples", type=int, default=240, help="laion samples (default: 240)")
+    parser.add_argument("--cc-sbu-samples", type=int, default=120, help="cc_sbu samples (default: 120)")
+    parser.add_argument("--align-samples", type=int, default=60, help="cc_sbu_align images (default: 60)")
     parser.add_argument("--shard-size", type=int, default=100, help="samples per shard (img2dataset: 10000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the images and captions (default: 0)")
     args = parser.parse_args(argv)
     written = make_synthetic(
         args.out,
@@ -424,4 +425,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the package is one folder up
+    from minigpt4.common.cli import run_main
+
+    run_main(main, "dataset/make_synthetic.py")

@@ -85,7 +85,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 from transformers import LlamaConfig
 
-from minigpt4 import REPO_ROOT  # (importing the package registers every YAML name)
+from minigpt4 import REPO_ROOT
+from minigpt4.common.cli import add_debug_argument, run_main
 from minigpt4.common.device import accelerator_name, autocast, init_device, resolve_device, synchronize
 from minigpt4.common.flops import minigpt4_flop_model, peak_flops
 from minigpt4.common.logger import StepMetrics, peak_memory_mib, setup_logger
@@ -350,13 +351,20 @@ def profile_steps(step: Callable[[int], object], device: torch.device, folder: P
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="7b")
-    parser.add_argument("--stage", type=int, choices=sorted(STAGES), default=1)
-    parser.add_argument("--device", choices=("cuda", "npu", "cpu"), default="cuda")
+    parser.add_argument("--size", choices=sorted(SIZES), default="7b", help="the architecture (default: 7b)")
+    parser.add_argument(
+        "--stage", type=int, choices=sorted(STAGES), default=1, help="whose YAML and captions (default: 1)"
+    )
+    parser.add_argument("--device", choices=("cuda", "npu", "cpu"), default="cuda", help="(default: cuda)")
     parser.add_argument("--batch-size", type=int, help="per device; default: the stage YAML's (64 or 12)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="auto: the runner's choice (bf16 where supported, else fp16; fp32 on a CPU)",
+    )
     parser.add_argument("--peak-tflops", type=float, help="the device's peak dense TFLOP/s, for MFU (else by name)")
     parser.add_argument(
         "--compile",
@@ -371,22 +379,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="batches of similar caption length, as run.length_grouping N groups them (0: off)",
     )
     parser.add_argument("--profile", type=Path, metavar="DIR", help="profile a few more steps; trace and table here")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: OMP_NUM_THREADS if set, else the cores this process may use)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, data and sampling (default: 0)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.length_grouping < 0:
         parser.error("--steps must be at least 1, --warmup and --length-grouping at least 0")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns what it prints and writes."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device, local_rank=0)  # the first visible device (CUDA_VISIBLE_DEVICES picks)
-    init_device(device)
+    init_device(device, threads=args.threads)
     model_cfg, run_cfg = stage_config(args.stage, args.device, args.dtype)
     dtype = resolve_precision(run_cfg, device)
     batch_size = args.batch_size or int(run_cfg.batch_size_train)
@@ -462,6 +475,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stage": args.stage,
         "device": str(device),
         "device_name": device_name(device),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "dtype": DTYPE_NAMES[dtype or torch.float32],
         "compile": args.compile,
         "length_grouping": args.length_grouping,
@@ -552,4 +566,4 @@ def summary(r: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     setup_logger()
-    main()
+    run_main(main, "test/benchmark.py")

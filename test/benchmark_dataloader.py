@@ -21,16 +21,17 @@ from pathlib import Path
 # Run as a script from anywhere: the package and dataset/ live one folder up.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
 from omegaconf import OmegaConf
 
-from dataset.make_synthetic import make_synthetic
+from minigpt4.common.cli import add_debug_argument, run_main
 from minigpt4.common.schema import DatasetConfig, RunConfig
-from minigpt4.datasets.builders import build_datasets
-from minigpt4.datasets.datasets.dataloader_utils import build_train_loader
+
+# torch and the data pipeline are imported where they are used, so that --help answers at once.
 
 
 def laion(storage: str, image_size: int) -> dict:
+    from minigpt4.datasets.builders import build_datasets
+
     cfg = OmegaConf.merge(
         OmegaConf.structured(DatasetConfig),
         {
@@ -54,6 +55,8 @@ def per_worker(datasets: dict, samples: int) -> float:
 
 
 def through_loader(datasets: dict, workers: int, batch_size: int, batches: int, length_grouping: int) -> float:
+    from minigpt4.datasets.datasets.dataloader_utils import build_train_loader
+
     keys = {"device": "cpu", "num_workers": workers, "batch_size_train": batch_size, "length_grouping": length_grouping}
     loader = build_train_loader(datasets, OmegaConf.merge(OmegaConf.structured(RunConfig), keys))
     for _ in range(max(2, workers)):  # workers started, first batches ready (with grouping: pools filled)
@@ -67,14 +70,18 @@ def through_loader(datasets: dict, workers: int, batch_size: int, batches: int, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="shards to read (folder, pattern or list); default: synthetic 256-px shards")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--image-size", type=int, default=224, help="training image side (default: 224)")
     parser.add_argument("--samples", type=int, default=400, help="images timed in the one-process measurement")
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="DataLoader worker counts to time")
     parser.add_argument("--batch-size", type=int, default=64, help="stage 1 uses 64 per GPU")
     parser.add_argument("--batches", type=int, default=10, help="batches timed per worker count")
     parser.add_argument("--length-grouping", type=int, default=0, metavar="N", help="run.length_grouping")
     parser.add_argument("--step-time", type=float, default=None, help="seconds per GPU training step, if known")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
+    import torch
+
+    from dataset.make_synthetic import make_synthetic
 
     with tempfile.TemporaryDirectory() as scratch:
         storage = args.data
@@ -101,4 +108,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "test/benchmark_dataloader.py")

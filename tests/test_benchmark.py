@@ -64,6 +64,7 @@ def test_tiny_cpu_run_reports_consistent_figures(tmp_path, capsys, one_thread, s
     batch = {1: 64, 2: 12}[stage]  # the stage YAML's batch_size_train
     assert (r["size"], r["stage"], r["device"], r["dtype"], r["batch_size"]) == ("tiny", stage, "cpu", "fp32", batch)
     assert r["compile"] is False
+    assert r["threads"] == 1 and r["device_name"].endswith("(threads=1)")  # the CPU row says its threads
     assert len(r["step_times"]) == r["steps"] == 2
     assert r["median_step_time"] == statistics.median(r["step_times"]) > 0
     median = r["median_step_time"]

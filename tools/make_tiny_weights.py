@@ -39,6 +39,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 # Run as ``python tools/make_tiny_weights.py``, the repository root is not on the import path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from minigpt4.common.cli import add_debug_argument, run_main
 from minigpt4.common.schema import QFormerArch, VitArch
 from minigpt4.models.eva_vit import build_eva_vit
 from minigpt4.models.qformer import build_qformer, ours_to_blip2
@@ -283,12 +284,15 @@ def make_tiny_weights(out: Path, spec: TinySpec | None = None) -> TinyWeights:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="folder to write the weights into")
-    parser.add_argument("--image-size", type=int, default=TinySpec.image_size)
-    parser.add_argument("--seed", type=int, default=TinySpec.seed)
+    parser.add_argument(
+        "--image-size", type=int, default=TinySpec.image_size, help=f"image side (default: {TinySpec.image_size})"
+    )
+    parser.add_argument("--seed", type=int, default=TinySpec.seed, help=f"seeds the weights (default: {TinySpec.seed})")
+    add_debug_argument(parser)
     args = parser.parse_args()
     weights = make_tiny_weights(args.out, TinySpec(image_size=args.image_size, seed=args.seed))
     sys.stdout.write(OmegaConf.to_yaml({"model": weights.model_config()}))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "tools/make_tiny_weights.py")

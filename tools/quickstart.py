@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script, the repository root is not on the import path
 
-from minigpt4.common.logger import setup_logger  # noqa: E402
+from minigpt4.common.cli import add_debug_argument, run_main  # noqa: E402
 
 logger = logging.getLogger("quickstart")
 
@@ -139,7 +139,10 @@ def chat_about_a_photo(checkpoint: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="MiniGPT-4 end to end on the tiny default, on a CPU.")
     parser.add_argument("--assets-only", action="store_true", help="only make the tiny assets (make tiny-assets)")
+    add_debug_argument(parser)
     args = parser.parse_args()
+    from minigpt4.common.logger import setup_logger  # after parsing: --help does not wait for torch
+
     setup_logger()
     os.chdir(REPO)
     start = time.perf_counter()
@@ -176,4 +179,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "tools/quickstart.py")

@@ -38,6 +38,13 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k not in frozen}
 
 
+class CheckpointMismatchError(MiniGPT4Error, KeyError):
+    """A checkpoint whose parameters are not the model's (other names or shapes)."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0])
+
+
 def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load a checkpoint's ``model`` entry: it must hold every trainable parameter and buffer of
     ``model`` and nothing the model lacks; frozen parameters keep the weights they were loaded
@@ -49,9 +56,20 @@ def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor], 
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:
-        raise KeyError(
+        raise CheckpointMismatchError(
             f"{source} does not match the model's trainable parameters: "
             f"missing {missing or 'none'}; unexpected {unexpected or 'none'}"
+        )
+    own = model.state_dict()
+    mis_shaped = [
+        f"{key} is {tuple(value.shape)} in the file, {tuple(own[key].shape)} in the model"
+        for key, value in state.items()
+        if key in own and tuple(value.shape) != tuple(own[key].shape)
+    ]
+    if mis_shaped:
+        raise CheckpointMismatchError(
+            f"{source} was saved from a model of another size: {'; '.join(mis_shaped)} "
+            "(is it from another config, an LLM of another hidden size or another model.num_query_token?)"
         )
     model.load_state_dict(state, strict=False)
 

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -73,9 +74,20 @@ def _merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
 
 def _load(path: str) -> DictConfig:
     try:
-        return OmegaConf.load(path)
+        config = OmegaConf.load(path)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give a .yaml file") from None
+    except yaml.MarkedYAMLError as exn:
+        mark = exn.problem_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({exn.problem or exn.context})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exn:
+        raise ConfigError(f"{path}: not valid YAML ({exn})") from None
+    if not isinstance(config, DictConfig):
+        raise ConfigError(f"{path}: expected a YAML mapping of keys (model:, datasets:, run:), got a list")
+    return config
 
 
 # run: keys that name a registered class, and the registry kind each is looked up in.

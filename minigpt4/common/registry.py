@@ -3,8 +3,10 @@
 The reference's API is kept (``registry.register_model("mini_gpt4")`` as a class decorator,
 ``registry.get_model_class(name)``, ``registry.list_models()`` ...), so that users' scripts keep
 working. Unlike the reference, a lookup of an unknown name raises an error that lists the valid
-names, and registering a name twice raises. Registration happens when ``minigpt4`` is imported:
-``minigpt4/__init__.py`` imports every module that registers something, in one visible place.
+names, and registering a name twice raises. ``minigpt4/__init__.py`` names every module that
+registers something, in one visible place; the global registry imports them on its first lookup,
+so that importing a light module of the package (an entry point's argument parser) does not load
+torch and transformers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ class Registry:
     def __init__(self) -> None:
         self._classes: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
         self._paths: dict[str, str] = {}
+        self._loader: Callable[[], None] | None = None
+
+    def load_on_first_lookup(self, loader: Callable[[], None]) -> None:
+        """``loader`` imports the registering modules; it runs before the first lookup or listing."""
+        self._loader = loader
+
+    def _load(self) -> None:
+        loader, self._loader = self._loader, None  # cleared first: a module may look up while loading
+        if loader is not None:
+            loader()
 
     def _register(self, kind: str, name: str) -> Callable[[Any], Any]:
         def wrap(cls: Any) -> Any:
@@ -40,6 +52,7 @@ class Registry:
         return wrap
 
     def _get(self, kind: str, name: str) -> Any:
+        self._load()
         table = self._classes[kind]
         if name not in table:
             valid = ", ".join(sorted(table)) or "none"
@@ -83,21 +96,27 @@ class Registry:
         return self._get("lr_scheduler", name)
 
     def list_datasets(self) -> list[str]:
+        self._load()
         return sorted(self._classes["builder"])
 
     def list_models(self) -> list[str]:
+        self._load()
         return sorted(self._classes["model"])
 
     def list_processors(self) -> list[str]:
+        self._load()
         return sorted(self._classes["processor"])
 
     def list_tasks(self) -> list[str]:
+        self._load()
         return sorted(self._classes["task"])
 
     def list_runners(self) -> list[str]:
+        self._load()
         return sorted(self._classes["runner"])
 
     def list_lr_schedulers(self) -> list[str]:
+        self._load()
         return sorted(self._classes["lr_scheduler"])
 
     def register_path(self, name: str, path: str) -> None:

@@ -25,20 +25,23 @@ import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import torch
 from PIL import Image
 from tqdm import tqdm
 
-from minigpt4.common.device import resolve_device
+from minigpt4.common.cli import add_model_arguments
 from minigpt4.common.errors import MiniGPT4Error
-from minigpt4.common.logger import setup_logger
-from minigpt4.conversation.conversation import Chat, Decoding, load_image
-from minigpt4.conversation.launch import add_model_arguments, build_chat
+from minigpt4.conversation.decoding import Decoding
+
+if TYPE_CHECKING:
+    from minigpt4.conversation.conversation import Chat
+
+# torch, transformers and the model code are imported where they are used, so that --help and an
+# input error answer without loading them.
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +117,8 @@ def batches(items: Sequence[Request], size: int) -> Iterator[Sequence[Request]]:
 
 def answer_all(chat: Chat, requests: Sequence[Request], batch_size: int, out: TextIO, **decoding: Any) -> int:
     """Writes one JSON line per request, in order; returns how many images could not be read."""
+    from minigpt4.conversation.conversation import load_image
+
     failures = 0
     with tqdm(total=len(requests), unit="image", file=sys.stderr) as progress:
         for batch in batches(requests, batch_size):
@@ -139,12 +144,24 @@ def answer_all(chat: Chat, requests: Sequence[Request], batch_size: int, out: Te
 
 @contextmanager
 def open_output(path: str) -> Iterator[TextIO]:
+    """``path`` opened for writing (``-``: standard output). A folder or a file that cannot be
+    written is an InputError, raised before anything heavy is loaded; a file this call created
+    is removed again when nothing was written to it (the run stopped before its first answer)."""
     if path == "-":
         yield sys.stdout
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as out:
-        yield out
+    created = not Path(path).exists()
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        out = open(path, "w", encoding="utf-8")  # noqa: SIM115  (closed below, after the answers)
+    except OSError as err:
+        raise InputError(f"--output {path} cannot be written: {err.strerror or err}") from None
+    try:
+        with out:
+            yield out
+    finally:
+        if created and Path(path).stat().st_size == 0:
+            Path(path).unlink()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -154,13 +171,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--question", help="the question for every image (or the default for JSONL lines)")
     parser.add_argument("--output", default="-", help="the JSONL file to write (default: standard output)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs answered together (default: 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=Decoding.max_new_tokens)
-    parser.add_argument("--max-length", type=int, default=Decoding.max_length, help="context plus answer")
-    parser.add_argument("--num-beams", type=int, default=Decoding.num_beams)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=Decoding.max_new_tokens,
+        help=f"the longest answer, in tokens (default: {Decoding.max_new_tokens})",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=Decoding.max_length,
+        help=f"context plus answer, in tokens; the prompt gets what the answer leaves (default: {Decoding.max_length})",
+    )
+    parser.add_argument(
+        "--num-beams",
+        type=int,
+        default=Decoding.num_beams,
+        help=f"beam search width; 1 decodes one token at a time (default: {Decoding.num_beams})",
+    )
     parser.add_argument("--do-sample", action="store_true", help="sample as the demo does (default: greedy)")
-    parser.add_argument("--temperature", type=float, default=Decoding.temperature, help="with --do-sample")
-    parser.add_argument("--top-p", type=float, default=Decoding.top_p, help="with --do-sample")
-    parser.add_argument("--seed", type=int, default=42, help="seeds the sampling (with --do-sample)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=Decoding.temperature,
+        help=f"sampling temperature, with --do-sample (default: {Decoding.temperature})",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=Decoding.top_p,
+        help=f"nucleus sampling mass, with --do-sample (default: {Decoding.top_p})",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="seeds the sampling, with --do-sample (default: 42)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -170,7 +212,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Returns the exit status: 0, or 1 when some image could not be read (its line has an error)."""
     args = parse_args(argv)
+    from minigpt4.common.logger import setup_logger
+
     setup_logger()
+    outputs = ExitStack()
     try:
         requests = read_requests(args.input, args.question)
         decoding = Decoding(
@@ -181,17 +226,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             temperature=args.temperature,
             top_p=args.top_p,
         )
+        # Opened before the model loads: an unwritable output fails at once, not after the load.
+        out = outputs.enter_context(open_output(args.output))
     except ValueError as err:
         logger.error("%s", err)
         return 2
-    chat = build_chat(args.cfg_path, args.options, resolve_device(args.device), args.patch_generation)
-    try:
-        chat.context_limit(decoding)  # the LLM's positions are known once it is loaded
-    except ValueError as err:
-        logger.error("%s", err)
-        return 2
-    torch.manual_seed(args.seed)
-    with open_output(args.output) as out:
+    with outputs:
+        import torch
+
+        from minigpt4.common.device import resolve_device
+        from minigpt4.conversation.launch import build_chat
+
+        chat = build_chat(args.cfg_path, args.options, resolve_device(args.device), args.patch_generation)
+        try:
+            chat.context_limit(decoding)  # the LLM's positions are known once it is loaded
+        except ValueError as err:
+            logger.error("%s", err)
+            return 2
+        torch.manual_seed(args.seed)
         failures = answer_all(chat, requests, args.batch_size, out, **dataclasses.asdict(decoding))
     logger.info("answered %d of %d images", len(requests) - failures, len(requests))
     return 1 if failures else 0

@@ -14,40 +14,21 @@ and silently change every GPU user's decoding; and one switch needs no precedenc
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
 
 import torch
 
-from minigpt4.common.config import Config, options_to_dotlist
+from minigpt4.common.cli import add_model_arguments
+from minigpt4.common.config import Config, ConfigError, options_to_dotlist
 from minigpt4.common.device import init_device
 from minigpt4.common.registry import registry
 from minigpt4.conversation.conversation import Chat
 
 logger = logging.getLogger(__name__)
 
-
-def add_model_arguments(parser: argparse.ArgumentParser, default_device: str) -> None:
-    """``--cfg-path``, ``--options``, ``--device`` and ``--patch-generation``."""
-    parser.add_argument("--cfg-path", required=True, help="path to configuration file.")
-    parser.add_argument(
-        "--options",
-        nargs="+",
-        help="override some settings in the used config, the key-value pair in xxx=yyy format will be merged "
-        "into config file",
-    )
-    parser.add_argument(
-        "--device",
-        default=default_device,
-        help=f"cuda, npu, cpu or auto, optionally with an index such as cuda:1 (default: {default_device})",
-    )
-    parser.add_argument(
-        "--patch-generation",
-        action="store_true",
-        help="apply transformers_modify, the Ascend port's generation edits (always on with --device npu)",
-    )
+__all__ = ["add_model_arguments", "build_chat"]  # the parser's options live in common/cli.py (light)
 
 
 def build_chat(
@@ -65,7 +46,13 @@ def build_chat(
         dotlist.append(f"model.device_8bit={device.index or 0}")
     cfg = Config(SimpleNamespace(cfg_path=cfg_path, options=dotlist))
     if "cc_sbu_align" not in cfg.datasets_cfg or cfg.datasets_cfg.cc_sbu_align.vis_processor.train is None:
-        raise ValueError(f"{cfg_path}: the image processor is read from datasets.cc_sbu_align.vis_processor.train")
+        raise ConfigError(f"{cfg_path}: the image processor is read from datasets.cc_sbu_align.vis_processor.train")
+    if not cfg.model_cfg.ckpt:
+        logger.warning(
+            "%s: model.ckpt is empty, so llama_proj (the projection into the LLM) is untrained and random: "
+            "the answers mean nothing; set model.ckpt to a MiniGPT-4 checkpoint (--options model.ckpt=...)",
+            cfg_path,
+        )
     logger.info("Initializing Chat")
     # Built for the device (which decides the `auto` precisions) and moved there; with low_resource
     # the vision tower stays on the CPU and the 8-bit LLM on its GPU (see MiniGPT4._apply).

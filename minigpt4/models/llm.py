@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
-from minigpt4.common.device import resolve_device
+from minigpt4.common.device import DeviceError, resolve_device
 from minigpt4.models.loaders import WeightLoadError
 
 logger = logging.getLogger(__name__)
@@ -66,14 +66,14 @@ def build_llama(config: LlamaConfig, dtype: torch.dtype) -> LlamaForCausalLM:
 
 def _check_8bit_possible(device_8bit: int) -> torch.device:
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise RuntimeError(
+        raise DeviceError(
             "low_resource: True loads the LLM in 8 bit through bitsandbytes, which is not installed; "
             "install bitsandbytes on a CUDA machine, or set low_resource: False"
         )
     try:
         return resolve_device(f"cuda:{device_8bit}")
     except RuntimeError as error:
-        raise RuntimeError(
+        raise DeviceError(
             f"low_resource: True needs a CUDA GPU for the 8-bit LLM (bitsandbytes runs on CUDA only): {error}; "
             "set low_resource: False on CPU or NPU"
         ) from error

@@ -52,6 +52,7 @@ from minigpt4.common.checkpoint import (
     set_rng_state,
     trainable_state_dict,
 )
+from minigpt4.common.config import ConfigError
 from minigpt4.common.device import accelerator_name, autocast, autocast_dtype, parse_dtype
 from minigpt4.common.dist_utils import (
     all_gather_object,
@@ -384,20 +385,20 @@ class RunnerBase:
         finished run (train.py calls this before anything is loaded; ``train`` calls it again for
         runners built by hand)."""
         if run_cfg.evaluate or run_cfg.valid_splits or run_cfg.test_splits:
-            raise ValueError(
+            raise ConfigError(
                 "run.evaluate, run.valid_splits, run.test_splits: the image_text_pretrain task has no evaluation "
                 "(the reference's did nothing); set evaluate: False and leave the valid and test splits empty"
             )
         for key in ("iters_per_epoch", "accum_grad_iters", "batch_size_train", "log_freq"):
             if run_cfg[key] < 1:
-                raise ValueError(f"run.{key} must be at least 1, got {run_cfg[key]}")
+                raise ConfigError(f"run.{key} must be at least 1, got {run_cfg[key]}")
         if run_cfg.length_grouping < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"run.length_grouping must be 0 (off) or a number of batches, got {run_cfg.length_grouping}"
             )
         accum = run_cfg.accum_grad_iters
         if run_cfg.iters_per_epoch % accum or run_cfg.checkpoint_interval % accum:
-            raise ValueError(
+            raise ConfigError(
                 f"run.iters_per_epoch ({run_cfg.iters_per_epoch}) and run.checkpoint_interval "
                 f"({run_cfg.checkpoint_interval}) must be multiples of run.accum_grad_iters ({accum}), so that "
                 "checkpoints fall between steps"
