@@ -160,7 +160,7 @@ def read_checkpoint_header(path: Path) -> CheckpointHeader:
             for key in handle.keys():  # noqa: SIM118  (safe_open handles are not iterable)
                 tensor_slice = handle.get_slice(key)
                 shapes[key] = tuple(tensor_slice.get_shape())
-                dtypes[key] = _SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), tensor_slice.get_dtype())
+                dtypes[key] = safetensors_dtype(tensor_slice.get_dtype())
             return CheckpointHeader(file, "safetensors", shapes, dtypes, _metadata(file, handle.metadata()))
     checkpoint = torch_load_mmap(path)
     state = pth_model_entry(checkpoint, path)
@@ -204,6 +204,11 @@ def torch_load_mmap(path: Path) -> object:
         return torch_load(path)  # raises the refusal of files that could run code
     except (RuntimeError, EOFError) as error:
         raise WeightLoadError(f"{path} is truncated or damaged ({error})") from error
+
+
+def safetensors_dtype(name: str) -> torch.dtype | str:
+    """The torch dtype of a safetensors header's dtype name (the name itself for an exotic one)."""
+    return _SAFETENSORS_DTYPES.get(name, name)
 
 
 def pth_model_entry(checkpoint: object, path: Path) -> dict[str, torch.Tensor]:
