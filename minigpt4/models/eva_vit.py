@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -21,11 +22,18 @@ from timm.models.eva import Eva
 from torch import nn
 
 from minigpt4.common.schema import VitArch
-from minigpt4.models.loaders import WeightLoadError, check_state_dict, load_strict, torch_load
+from minigpt4.models.loaders import KeyReport, Shape, WeightLoadError, report_keys, shapes_of, torch_load
 
 logger = logging.getLogger(__name__)
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+# Parts of EVA-CLIP-g exports that the model does not have (it applies ln_vision instead of a final
+# norm, and has no pooling and no CLIP projection), by reason.
+VIT_IGNORED = (
+    (re.compile(r"^norm\."), "the tower's final norm (the model applies ln_vision instead)"),
+    (re.compile(r"^fc_norm\."), "the tower's pooled-output norm (the model does not pool)"),
+    (re.compile(r"^head\."), "the CLIP projection head"),
+)
 
 
 class FP32LayerNorm(nn.LayerNorm):
@@ -99,6 +107,8 @@ def explain_vit_shape(key: str, have: tuple[int, ...], want: tuple[int, ...]) ->
     """Shape mismatches of ViT weights in words."""
     if have[-1] != want[-1] and key in ("cls_token", "pos_embed"):
         return f"the file holds a ViT of width {have[-1]}; vit_arch.embed_dim is {want[-1]}"
+    if key == "pos_embed":
+        return "the file's pos_embed does not hold a square grid of patches after the class token"
     if key == "patch_embed.proj.weight" and have[2:] != want[2:]:
         return f"the file was trained with {have[-1]}-pixel patches; vit_arch.patch_size is {want[-1]}"
     if key.endswith("mlp.fc1.weight") and have[0] != want[0]:
@@ -106,27 +116,65 @@ def explain_vit_shape(key: str, have: tuple[int, ...], want: tuple[int, ...]) ->
     return None
 
 
-def drop_deeper_blocks(state_dict: dict[str, torch.Tensor], depth: int, source: object) -> dict[str, torch.Tensor]:
-    """The entries of ``state_dict`` without those of blocks ``depth`` and beyond: the reference
-    uses 39 of EVA-CLIP-g's 40 layers and its non-strict load skipped the rest."""
-    kept, dropped = {}, []
-    for key, value in state_dict.items():
+def _is_square_grid(tokens: int) -> bool:
+    return tokens >= 1 and math.isqrt(tokens - 1) ** 2 == tokens - 1
+
+
+def pos_embed_resizable(key: str, have: Shape, want: Shape) -> bool:
+    """A ``pos_embed`` of another patch grid but the same width is interpolated on load."""
+    return (
+        key == "pos_embed"
+        and len(have) == len(want) == 3
+        and have[::2] == want[::2]
+        and _is_square_grid(have[1])
+        and _is_square_grid(want[1])
+    )
+
+
+def vit_ignore_rule(depth: int) -> Callable[[str], str | None]:
+    """Why a ViT key the model lacks is ignored (blocks beyond ``depth``: the reference uses 39 of
+    EVA-CLIP-g's 40 layers), or None when it is of no known kind."""
+
+    def reason(key: str) -> str | None:
         match = _BLOCK_KEY.match(key)
-        if match and int(match.group(1)) >= depth:
-            dropped.append(key)
-        else:
-            kept[key] = value
-    if dropped:
-        logger.info("%s: ignoring %d keys of blocks beyond the model's depth %d", source, len(dropped), depth)
-    return kept
+        if match:
+            return f"blocks beyond the model's depth {depth}" if int(match.group(1)) >= depth else None
+        return next((why for pattern, why in VIT_IGNORED if pattern.match(key)), None)
+
+    return reason
+
+
+def vit_depth(vit_shapes: Mapping[str, Shape]) -> int:
+    """The number of blocks of a ViT state dict."""
+    return len({match.group(1) for key in vit_shapes if (match := _BLOCK_KEY.match(key))})
+
+
+def report_vit_keys(
+    file_shapes: Mapping[str, Shape], vit_shapes: Mapping[str, Shape], what: str = "the EVA ViT weights"
+) -> KeyReport:
+    """The :class:`KeyReport` of an ``eva_vit_g.pth``-format file ({key: shape}) against the vision
+    tower's own state dict ({key: shape}, e.g. ``shapes_of(model.visual_encoder.state_dict())``).
+
+    Ignored by name: blocks beyond the model's depth, ``norm.*``, ``fc_norm.*``, ``head.*``. A
+    ``pos_embed`` of another square patch grid counts as used (it is interpolated). Every key of
+    the vision tower must be present.
+    """
+    return report_keys(
+        what,
+        file_shapes,
+        vit_shapes,
+        ignore=vit_ignore_rule(vit_depth(vit_shapes)),
+        explain=explain_vit_shape,
+        adapts=pos_embed_resizable,
+    )
 
 
 def load_eva_vit(vit: Eva, path: Path) -> None:
     """Load an ``eva_vit_g.pth``-format file (a flat state dict) into ``vit``.
 
-    Blocks beyond the model's depth are ignored, as the reference uses 39 of EVA-CLIP-g's 40
-    layers; ``pos_embed`` is interpolated when the file's patch grid differs; anything else must
-    match exactly.
+    The keys are sorted by :func:`report_vit_keys`: the ignored ones are named in an INFO line,
+    unknown ones in a WARNING, and a missing key or a wrong shape is an error. ``pos_embed`` is
+    interpolated when the file's patch grid differs.
     """
     state_dict = torch_load(path)
     if not isinstance(state_dict, dict) or "pos_embed" not in state_dict:
@@ -135,18 +183,18 @@ def load_eva_vit(vit: Eva, path: Path) -> None:
             f"{path} is not an eva_vit_g.pth-format file (a flat state dict with 'pos_embed', "
             f"'cls_token', 'blocks.N...'); it holds {keys}"
         )
-    kept = interpolate_pos_embed(drop_deeper_blocks(state_dict, len(vit.blocks), path), vit)
-    load_strict(vit, kept, f"the EVA ViT weights {path}", explain_vit_shape)
+    report = report_vit_keys(shapes_of(state_dict), shapes_of(vit.state_dict()), f"the EVA ViT weights {path}")
+    report.log(logger)
+    report.raise_if_refused()
+    kept = interpolate_pos_embed({key: state_dict[key] for key in report.used}, vit)
+    vit.load_state_dict(kept, strict=True)
 
 
-def load_vit_copy(vit: Eva, state_dict: dict[str, torch.Tensor], what: str) -> None:
-    """Load vision-tower weights found in another file (the ``visual_encoder.*`` entries of a
-    BLIP-2 file, prefix removed) over those ``vit`` holds, as the reference's non-strict load of
-    that file did. Any subset of the keys may be present; each must fit, except that ``pos_embed``
-    is interpolated as in :func:`load_eva_vit` (where the reference failed on the size)."""
-    kept = drop_deeper_blocks(state_dict, len(vit.blocks), what)
+def load_vit_copy(vit: Eva, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load vision-tower weights found in another file (already sorted by that file's report, the
+    ``visual_encoder.`` prefix removed) over those ``vit`` holds, as the reference's non-strict
+    load of the BLIP-2 file did; any subset of the keys may be present."""
+    kept = dict(state_dict)
     if "pos_embed" in kept:
         kept = interpolate_pos_embed(kept, vit)
-    expected = vit.state_dict()
-    check_state_dict(expected, kept, what, explain_vit_shape, optional=expected)
     vit.load_state_dict(kept, strict=False)

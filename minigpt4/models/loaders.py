@@ -6,9 +6,17 @@
   downloads first and the other ranks wait at a barrier, then read the cached copy.
 * :func:`torch_load` opens a checkpoint with ``weights_only=True``: a weight file can hold tensors
   and plain containers, never code.
-* :func:`load_strict` loads a state dict only when every key the module needs is present, nothing
-  is left over, and every shape fits; otherwise it raises :class:`WeightLoadError`, which says in
-  words what is missing, what is unexpected and what a wrong shape means.
+  A file that is not a torch checkpoint at all, or a truncated one, is named in words.
+* :func:`check_state_dict` accepts a state dict only when every key the module needs is present,
+  nothing is left over, and every shape fits; otherwise it raises :class:`WeightLoadError`, which
+  says in words what is missing, what is unexpected and what a wrong shape means.
+* :func:`report_keys` is the policy for the released vision-side files, which carry more than the
+  model needs. It sorts a file's keys by name and shape alone (no tensor is read, so a model built
+  on the meta device gives the expected shapes) into a :class:`KeyReport`: used; ignored by name
+  (keys of a known kind, with the reason; one INFO line); unexpected (of no known kind: one
+  WARNING, not loaded); missing and mis-shaped (an error in words). ``eva_vit.report_vit_keys``,
+  ``qformer.report_blip2_keys`` and ``blip2_hf.report_transformers_blip2_keys`` apply it to the
+  three vision-side sources.
 """
 
 from __future__ import annotations
@@ -20,11 +28,11 @@ import shutil
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from minigpt4.common.errors import MiniGPT4Error
 
@@ -38,6 +46,11 @@ LISTED_KEYS = 12
 # Explains a shape mismatch: (key, shape in the file, shape in the model) -> a sentence, or None
 # when the generic "file has X, model expects Y" says it all.
 ShapeExplainer = Callable[[str, tuple[int, ...], tuple[int, ...]], "str | None"]
+# Why a key of the file is not used (a sentence), or None when the key is of no known kind.
+IgnoreRule = Callable[[str], "str | None"]
+# Whether a shape that differs from the model's is still loadable (``pos_embed`` of another grid).
+ShapeAdapter = Callable[[str, tuple[int, ...], tuple[int, ...]], bool]
+Shape = tuple[int, ...]
 
 
 class WeightLoadError(MiniGPT4Error, RuntimeError):
@@ -94,16 +107,41 @@ def resolve_weights(location: str, key: str) -> Path:
     return target
 
 
+# torch.save writes a zip archive; files written before torch 1.6 are a bare pickle (protocol 2+).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+
+
+def _not_a_checkpoint(path: Path, head: bytes) -> str:
+    """Why the first bytes ``head`` of ``path`` are not those of a torch checkpoint, in words."""
+    if not head:
+        return f"{path} is empty; a torch checkpoint (.pth) is needed here"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return f"{path} is a safetensors file, not a torch checkpoint (.pth)"
+    return f"{path} is not a torch checkpoint (.pth): it starts with {head[:16]!r}"
+
+
 def torch_load(path: Path) -> object:
     """``torch.load`` on the CPU with ``weights_only=True``, with a readable refusal."""
     if path.is_dir():
         raise WeightLoadError(f"{path} is a folder; a weight file (.pth) is needed here")
+    with open(path, "rb") as file:
+        head = file.read(16)
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        raise WeightLoadError(_not_a_checkpoint(path, head))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise WeightLoadError(
             f"{path} holds Python objects other than tensors and plain containers; "
             f"it is not loaded because a weight file must not be able to run code ({error})"
+        ) from error
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, OSError) as error:
+        # torch reports a cut-off download as a zip or pickle internals error
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightLoadError(
+            f"{path} cannot be read as a torch checkpoint; it is probably truncated or damaged "
+            f"(an interrupted download?): {first_line}"
         ) from error
 
 
@@ -143,12 +181,99 @@ def check_state_dict(
         raise WeightLoadError(f"cannot load {what}:\n  " + "\n  ".join(problems))
 
 
-def load_strict(
-    module: nn.Module,
-    state_dict: Mapping[str, torch.Tensor],
+def shapes_of(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Shape]:
+    """``{key: shape}`` of a state dict (works on meta tensors: nothing is read)."""
+    return {key: tuple(value.shape) for key, value in state_dict.items()}
+
+
+@dataclass
+class KeyReport:
+    """How the keys of one weight file fit a model, decided from names and shapes alone.
+
+    Keys are named as the file names them (so that they can be looked up in it). ``used`` are
+    loaded; ``ignored`` (key -> reason) are of a known kind the model does not use and are named
+    in one INFO line; ``unexpected`` are of no known kind, named in a WARNING and not loaded;
+    ``missing`` (the model needs them) and ``mismatched`` (key -> (file shape, model shape,
+    reason or None)) make the file unloadable.
+    """
+
+    what: str
+    used: list[str] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)
+    unexpected: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    mismatched: dict[str, tuple[Shape, Shape, str | None]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the file can be loaded (nothing missing, every shape fits)."""
+        return not self.missing and not self.mismatched
+
+    def problems(self) -> list[str]:
+        """One line per reason the file cannot be loaded (empty when :attr:`ok`)."""
+        lines = []
+        if self.missing:
+            lines.append(f"missing (the model needs them, the file lacks them): {_listed(self.missing)}")
+        for key, (have, want, reason) in self.mismatched.items():
+            line = f"{key}: the file has shape {list(have)}, the model expects {list(want)}"
+            lines.append(f"{line} ({reason})" if reason else line)
+        return lines
+
+    def ignored_by_reason(self) -> dict[str, list[str]]:
+        grouped: dict[str, list[str]] = {}
+        for key, reason in self.ignored.items():
+            grouped.setdefault(reason, []).append(key)
+        return grouped
+
+    def log(self, log: logging.Logger = logger) -> None:
+        """One INFO line naming the ignored keys, one WARNING naming the unexpected ones."""
+        if self.ignored:
+            parts = "; ".join(f"{reason}: {_listed(keys)}" for reason, keys in self.ignored_by_reason().items())
+            log.info("%s: ignoring %d keys the model does not use (%s)", self.what, len(self.ignored), parts)
+        if self.unexpected:
+            log.warning(
+                "%s: %d unexpected keys, of no kind this loader knows, are not loaded: %s",
+                self.what,
+                len(self.unexpected),
+                _listed(self.unexpected),
+            )
+
+    def raise_if_refused(self) -> None:
+        """Raise :class:`WeightLoadError` naming every problem unless :attr:`ok`."""
+        if self.ok:
+            return
+        lines = self.problems()
+        if self.unexpected:
+            lines.append(f"also unexpected (of no known kind, not loaded): {_listed(self.unexpected)}")
+        raise WeightLoadError(f"cannot load {self.what}:\n  " + "\n  ".join(lines))
+
+
+def report_keys(
     what: str,
+    found: Mapping[str, Sequence[int]],
+    expected: Mapping[str, Sequence[int]],
+    *,
+    ignore: IgnoreRule | None = None,
     explain: ShapeExplainer | None = None,
-) -> None:
-    """Check ``state_dict`` against ``module`` (see :func:`check_state_dict`), then load it."""
-    check_state_dict(module.state_dict(), state_dict, what, explain)
-    module.load_state_dict(state_dict, strict=True)
+    optional: Iterable[str] = (),
+    adapts: ShapeAdapter | None = None,
+) -> KeyReport:
+    """Sort the file's keys ``found`` ({key: shape}) against the model's ``expected`` ({key:
+    shape}, in the file's names). A key the model has is used when its shape fits (or ``adapts``
+    accepts the difference) and mis-shaped otherwise; a key the model lacks is ignored when
+    ``ignore`` gives a reason, else unexpected. Keys in ``optional`` may be absent."""
+    report = KeyReport(what)
+    for key in sorted(found):
+        have = tuple(found[key])
+        if key in expected:
+            want = tuple(expected[key])
+            if have == want or (adapts is not None and adapts(key, have, want)):
+                report.used.append(key)
+            else:
+                report.mismatched[key] = (have, want, explain(key, have, want) if explain else None)
+        elif (reason := ignore(key) if ignore else None) is not None:
+            report.ignored[key] = reason
+        else:
+            report.unexpected.append(key)
+    report.missing = sorted(set(expected) - set(found) - set(optional))
+    return report

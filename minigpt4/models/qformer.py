@@ -8,10 +8,12 @@ layer self-attention, cross-attention on every ``cross_attention_freq``-th layer
 Only the names differ, and :func:`blip2_to_ours` maps them.
 
 ``load_blip2_qformer`` reads a ``blip2_pretrained_flant5xxl.pth``-format file (``{'model': ...}``)
-into a model's ``Qformer``, ``query_tokens`` and ``ln_vision``, drops the file's known-unused
-parts by name, and fails on anything else. A vision tower in the file (``visual_encoder.*``; the
-released file reportedly has none) replaces the ``vit_weights`` one, as the reference's non-strict load of
-this file after the ViT's did.
+into a model's ``Qformer``, ``query_tokens`` and ``ln_vision``, with the keys sorted by
+:func:`report_blip2_keys`: the parts MiniGPT-4 does not use are ignored by name (an INFO line),
+keys of no known kind are named in a WARNING and not loaded, and a missing key or a wrong shape is
+an error. A vision tower in the file (``visual_encoder.*``; the released file reportedly has none)
+replaces the ``vit_weights`` one, as the reference's non-strict load of this file after the ViT's
+did.
 """
 
 from __future__ import annotations
@@ -26,24 +28,33 @@ from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from minigpt4.common.schema import QFormerArch
-from minigpt4.models.eva_vit import load_vit_copy
-from minigpt4.models.loaders import WeightLoadError, check_state_dict, torch_load
+from minigpt4.models.eva_vit import (
+    explain_vit_shape,
+    load_vit_copy,
+    pos_embed_resizable,
+    vit_depth,
+    vit_ignore_rule,
+)
+from minigpt4.models.loaders import KeyReport, Shape, WeightLoadError, report_keys, shapes_of, torch_load
 
 logger = logging.getLogger(__name__)
 
 # The parts of a MiniGPT-4 model that the BLIP-2 file provides.
 BLIP2_PARTS = ("Qformer.", "ln_vision.", "query_tokens")
 
-# Parts of the BLIP-2 file that MiniGPT-4 does not use, by reason:
+_TEXT_BRANCH = "the Q-Former's text branch (MiniGPT-4 uses the query branch only)"
+_OBJECTIVE_HEADS = "a head of BLIP-2's contrastive and matching objectives"
+# Parts of the BLIP-2 file that MiniGPT-4 does not use, by reason. The text branch (MLM head, word
+# and position embeddings, text FFNs) is what the reference deletes before loading.
 DISCARDED_BLIP2_KEYS = (
-    # the MLM prediction head, word and position embeddings and text FFNs: the Q-Former's text
-    # branch, which the reference deletes before loading
-    re.compile(r"^Qformer\.cls\."),
-    re.compile(r"^Qformer\.bert\.embeddings\.(word_embeddings|position_embeddings)\."),
-    re.compile(r"^Qformer\.bert\.embeddings\.position_ids$"),
-    re.compile(r"^Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\."),
-    # the projection into FlanT5, replaced by llama_proj
-    re.compile(r"^t5_proj\."),
+    (re.compile(r"^Qformer\.cls\."), _TEXT_BRANCH),
+    (re.compile(r"^Qformer\.bert\.embeddings\.(word_embeddings|position_embeddings)\."), _TEXT_BRANCH),
+    (re.compile(r"^Qformer\.bert\.embeddings\.position_ids$"), _TEXT_BRANCH),
+    (re.compile(r"^Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\."), _TEXT_BRANCH),
+    (re.compile(r"^t5_proj\."), "the projection into FlanT5 (MiniGPT-4 has llama_proj instead)"),
+    (re.compile(r"^t5_model\."), "the FlanT5 language model"),
+    (re.compile(r"^(vision_proj|text_proj|itm_head)\."), _OBJECTIVE_HEADS),
+    (re.compile(r"^temp$"), _OBJECTIVE_HEADS),
 )
 VISION_PREFIX = "visual_encoder."
 
@@ -107,8 +118,13 @@ def ours_to_blip2(name: str) -> str:
     return "Qformer." + rest
 
 
+def discarded_blip2_reason(name: str) -> str | None:
+    """Why MiniGPT-4 does not use the BLIP-2 file's key ``name``, or None when it is of no known kind."""
+    return next((reason for pattern, reason in DISCARDED_BLIP2_KEYS if pattern.match(name)), None)
+
+
 def is_discarded_blip2_key(name: str) -> bool:
-    return any(pattern.match(name) for pattern in DISCARDED_BLIP2_KEYS)
+    return discarded_blip2_reason(name) is not None
 
 
 def blip2_part(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -127,6 +143,44 @@ def explain_qformer_shape(key: str, have: tuple[int, ...], want: tuple[int, ...]
     return "the file's Q-Former has other sizes than qformer_arch"
 
 
+def report_blip2_keys(
+    file_shapes: Mapping[str, Shape], model_shapes: Mapping[str, Shape], what: str = "the BLIP-2 Q-Former weights"
+) -> KeyReport:
+    """The :class:`KeyReport` of a BLIP-2 file's ``model`` entry ({key: shape}, in the file's
+    names) against a MiniGPT-4 model's state dict ({key: shape}, e.g. ``shapes_of(model.state_dict())``
+    of a model built on the meta device; only its ``Qformer.``, ``query_tokens``, ``ln_vision.``
+    and ``visual_encoder.`` keys are looked at).
+
+    Needed: every Q-Former, ``query_tokens`` and ``ln_vision`` key. Ignored by name: the
+    Q-Former's text branch (which may also be absent), ``t5_proj``, ``t5_model``,
+    ``vision_proj``, ``text_proj``, ``itm_head``, ``temp``. A vision tower (``visual_encoder.*``)
+    is optional, each key under the rules of :func:`eva_vit.report_vit_keys`.
+    """
+    expected = {ours_to_blip2(key): shape for key, shape in model_shapes.items() if key.startswith(BLIP2_PARTS)}
+    vit_shapes = {
+        key[len(VISION_PREFIX) :]: shape for key, shape in model_shapes.items() if key.startswith(VISION_PREFIX)
+    }
+    vision = {VISION_PREFIX + key: shape for key, shape in vit_shapes.items()}
+    vit_reason = vit_ignore_rule(vit_depth(vit_shapes))
+
+    def ignore(key: str) -> str | None:
+        if key.startswith(VISION_PREFIX):
+            return vit_reason(key[len(VISION_PREFIX) :])
+        return discarded_blip2_reason(key)
+
+    def explain(key: str, have: Shape, want: Shape) -> str | None:
+        if key.startswith(VISION_PREFIX):
+            return explain_vit_shape(key[len(VISION_PREFIX) :], have, want)
+        return explain_qformer_shape(key, have, want)
+
+    def adapts(key: str, have: Shape, want: Shape) -> bool:
+        return key.startswith(VISION_PREFIX) and pos_embed_resizable(key[len(VISION_PREFIX) :], have, want)
+
+    return report_keys(
+        what, file_shapes, {**expected, **vision}, ignore=ignore, explain=explain, optional=vision, adapts=adapts
+    )
+
+
 def load_blip2_qformer(model: nn.Module, path: Path) -> None:
     """Load ``Qformer``, ``query_tokens`` and ``ln_vision`` of ``model`` from a BLIP-2 checkpoint,
     and its vision tower too where the file holds one (after ``load_eva_vit``, as the reference).
@@ -134,18 +188,17 @@ def load_blip2_qformer(model: nn.Module, path: Path) -> None:
     Errors name keys as the file does (``Qformer.bert...``), so that they can be looked up in it.
     """
     checkpoint = torch_load(path)
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise WeightLoadError(
             f"{path} is not a blip2_pretrained_flant5xxl.pth-format file: expected a dict with a 'model' entry"
         )
-    used = {key: value for key, value in checkpoint["model"].items() if not is_discarded_blip2_key(key)}
-    discarded = len(checkpoint["model"]) - len(used)
-    logger.info("%s: discarding %d keys MiniGPT-4 does not use (text branch, t5_proj, ...)", path, discarded)
-    vision = {key[len(VISION_PREFIX) :]: value for key, value in used.items() if key.startswith(VISION_PREFIX)}
-    qformer = {key: value for key, value in used.items() if not key.startswith(VISION_PREFIX)}
-    expected = {ours_to_blip2(key): value for key, value in blip2_part(model.state_dict()).items()}
-    check_state_dict(expected, qformer, f"the BLIP-2 Q-Former weights {path}", explain_qformer_shape)
+    state = checkpoint["model"]
+    report = report_blip2_keys(shapes_of(state), shapes_of(model.state_dict()), f"the BLIP-2 weights {path}")
+    report.log(logger)
+    report.raise_if_refused()
+    vision = {key[len(VISION_PREFIX) :]: state[key] for key in report.used if key.startswith(VISION_PREFIX)}
     if vision:
         logger.info("%s also holds the vision tower (%d tensors): they replace the vit_weights ones", path, len(vision))
-        load_vit_copy(model.visual_encoder, vision, f"the vision tower in the BLIP-2 file {path}")
-    model.load_state_dict({blip2_to_ours(key): value for key, value in qformer.items()}, strict=False)
+        load_vit_copy(model.visual_encoder, vision)
+    qformer = {blip2_to_ours(key): state[key] for key in report.used if not key.startswith(VISION_PREFIX)}
+    model.load_state_dict(qformer, strict=False)
