@@ -46,6 +46,7 @@ from minigpt4.models.llm import (
     load_llama,
     load_llama_tokenizer,
     read_llama_config,
+    use_tokenizer_ids,
 )
 from minigpt4.models.loaders import WeightLoadError, check_state_dict, resolve_weights
 from minigpt4.models.qformer import blip2_to_ours, build_qformer, load_blip2_qformer
@@ -265,6 +266,7 @@ class MiniGPT4(nn.Module):
         load_blip2_qformer(model, resolve_weights(cfg.q_former_model, "q_former_model"))
         logger.info("Loading LLAMA")
         model.llama_model = load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit)
+        use_tokenizer_ids(model.llama_model, tokenizer)
         if cfg.ckpt:
             logger.info("Load BLIP2-LLM Checkpoint: %s", cfg.ckpt)
             load_minigpt4_checkpoint(model, resolve_weights(cfg.ckpt, "ckpt"), cfg)

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from minigpt4.common.checkpoint import resume_checkpoint
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders import build_datasets
-from minigpt4.models.llm import llama_folder
+from minigpt4.models.llm import llama_folder, require_llama_tokenizer
 from minigpt4.models.loaders import is_url
 from minigpt4.models.mini_gpt4 import REPO_ROOT
 
@@ -35,7 +35,8 @@ class ImageTextPretrainTask:
 
     def check_inputs(self, cfg: Any) -> None:
         """Raise FileNotFoundError for the first configured local input that does not exist: the
-        weight files (``ckpt`` only when set), the LLM folder, the prompt file (looked up in the
+        weight files (``ckpt`` only when set), the LLM folder (and TokenizerError for a tokenizer
+        that is missing, unreadable or does not fit its config.json), the prompt file (looked up in the
         working directory, then the repository, as the model does) and the resume checkpoint (a file,
         or a run folder holding one)."""
         model_cfg = cfg.model_cfg
@@ -43,7 +44,7 @@ class ImageTextPretrainTask:
             location = model_cfg[key]
             if (location or key != "ckpt") and not is_url(location) and not Path(location).expanduser().is_file():
                 raise FileNotFoundError(f"model.{key}: weight file '{location}' does not exist")
-        llama_folder(model_cfg.llama_model)
+        require_llama_tokenizer(llama_folder(model_cfg.llama_model))
         prompt_path = model_cfg.prompt_path
         if prompt_path and not (Path(prompt_path).is_file() or (REPO_ROOT / prompt_path).is_file()):
             raise FileNotFoundError(f"model.prompt_path: '{prompt_path}' does not exist")
