@@ -32,7 +32,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,17 @@ from minigpt4.common.config import Config
 from minigpt4.common.errors import MiniGPT4Error
 from minigpt4.common.logger import setup_logger
 from minigpt4.models.checkpoint_files import read_checkpoint_header, safetensors_dtype, torch_load_mmap
-from minigpt4.models.eva_vit import build_eva_vit
-from minigpt4.models.llm import build_llama, llama_folder, llama_size_name, read_llama_config
+from minigpt4.models.eva_vit import build_eva_vit, report_vit_keys
+from minigpt4.models.llm import build_llama, check_llama_tokenizer, llama_folder, llama_size_name, read_llama_config
 from minigpt4.models.loaders import cache_dir, is_url
-from minigpt4.models.mini_gpt4 import CheckpointTarget, MiniGPT4, check_minigpt4_checkpoint, model_config
-from minigpt4.models.qformer import build_qformer
+from minigpt4.models.mini_gpt4 import (
+    CheckpointTarget,
+    MiniGPT4,
+    check_minigpt4_checkpoint,
+    model_config,
+    trained_for,
+)
+from minigpt4.models.qformer import build_qformer, report_blip2_keys
 
 logger = logging.getLogger("check_weights")
 
@@ -101,7 +107,9 @@ class Report:
         header = Row("config key", "file", "format", "dtypes", "used", "ignored", "refused", "result")
         cells = [[str(getattr(row, name)) for name in Row.__dataclass_fields__] for row in [header, *self.rows]]
         widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
-        lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells]
+        lines = [
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells
+        ]
         lines.insert(1, "  ".join("-" * width for width in widths))
         lines += ["", *self.facts]
         lines += [f"note: {note}" for note in self.notes]
@@ -119,6 +127,14 @@ def dtype_summary(dtypes: Iterable[torch.dtype]) -> str:
         name = DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
         counts[name] = counts.get(name, 0) + 1
     return ",".join(sorted(counts, key=lambda name: -counts[name])) or "-"
+
+
+def count(number: int) -> str:
+    """``6738415616`` -> ``6.74B``."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if number >= scale:
+            return f"{number / scale:.2f}{suffix}"
+    return str(number)
 
 
 def one_line(error: BaseException) -> str:
@@ -141,7 +157,7 @@ def local_file(cfg: Config, key: str, report: Report) -> tuple[Row, Path | None]
     if is_url(location):
         cached = cache_dir() / Path(location.rstrip("/")).name
         if not cached.exists():
-            row.result = "not downloaded"
+            row.path, row.result = f"{cached.name} (URL)", "not downloaded"
             report.notes.append(f"model.{key}: {location} is downloaded on first use into {cached}; not checked")
             return row, None
         row.path = str(cached)
@@ -207,8 +223,6 @@ def vision_shapes(model_cfg: Any) -> dict[str, Shape]:
 
 
 def check_vit(cfg: Config, shapes: Mapping[str, Shape], report: Report) -> None:
-    from minigpt4.models.eva_vit import report_vit_keys
-
     row, path = local_file(cfg, "vit_weights", report)
     report.rows.append(row)
     if path is None or (found := pth_shapes(path, row, report, None)) is None:
@@ -221,39 +235,15 @@ def check_vit(cfg: Config, shapes: Mapping[str, Shape], report: Report) -> None:
 
 
 def check_blip2(cfg: Config, shapes: Mapping[str, Shape], report: Report) -> None:
-    from minigpt4.models.qformer import report_blip2_keys
-
     row, path = local_file(cfg, "q_former_model", report)
     report.rows.append(row)
     if path is None:
-        return
-    if path.is_dir():
-        from minigpt4.models import blip2_hf
-
-        check_transformers_blip2(path, row, shapes, report, blip2_hf)
         return
     if (found := pth_shapes(path, row, report, "model")) is None:
         return
     file_shapes, dtypes = found
     row.dtypes = dtype_summary(dtypes)
     key_report = report_blip2_keys(file_shapes, shapes, f"the BLIP-2 Q-Former weights {path}")
-    fill_from_key_report(row, key_report, report)
-
-
-def check_transformers_blip2(path: Path, row: Row, shapes: Mapping[str, Shape], report: Report, blip2_hf: Any) -> None:
-    """A transformers ``Blip2`` folder named by ``q_former_model``: its safetensors headers."""
-    try:
-        headers = read_safetensors_folder(path, row, report)
-    except MiniGPT4Error as error:
-        report.fail(row, one_line(error))
-        return
-    if headers is None:
-        return
-    file_shapes, dtypes = headers
-    row.dtypes = dtype_summary(dtypes.values())
-    key_report = blip2_hf.report_transformers_blip2_keys(
-        file_shapes, shapes, f"the transformers BLIP-2 folder {path}"
-    )
     fill_from_key_report(row, key_report, report)
 
 
@@ -281,12 +271,11 @@ class WeightFolder:
 def read_weight_folder(folder: Path, row: Row, report: Report) -> WeightFolder | None:
     """Every shard a transformers folder names, opened by its header; a missing or unreadable
     shard fails the row."""
-    for name, kind in LLM_WEIGHT_FILES:
-        if (folder / name).is_file():
-            break
-    else:
+    present = [(name, kind) for name, kind in LLM_WEIGHT_FILES if (folder / name).is_file()]
+    if not present:
         report.fail(row, f"{folder} holds no weights ({', '.join(name for name, _ in LLM_WEIGHT_FILES)})")
         return None
+    name, kind = present[0]
     if name.endswith(".index.json"):
         try:
             weight_map = json.loads((folder / name).read_text(encoding="utf-8"))["weight_map"]
@@ -324,16 +313,6 @@ def read_weight_folder(folder: Path, row: Row, report: Report) -> WeightFolder |
         if absent:
             report.fail(row, f"{folder / name} names keys its shards lack: {', '.join(absent[:8])}")
     return found if ok else None
-
-
-def read_safetensors_folder(
-    folder: Path, row: Row, report: Report
-) -> tuple[dict[str, Shape], dict[str, torch.dtype]] | None:
-    found = read_weight_folder(folder, row, report)
-    if found is None:
-        return None
-    row.format = found.format
-    return found.shapes, found.dtypes
 
 
 def read_tensors(found: WeightFolder, keys: Iterable[str]) -> dict[str, torch.Tensor]:
@@ -380,7 +359,7 @@ def check_llm(cfg: Config, report: Report) -> tuple[Path | None, dict[str, Shape
     report.facts.append(
         f"LLM: {folder}: {config.model_type}, hidden size {config.hidden_size} "
         f"({llama_size_name(config.hidden_size)}), {config.num_hidden_layers} layers, "
-        f"{parameters / 1e9:.2f}B parameters, vocab_size {config.vocab_size} (config.json)"
+        f"{count(parameters)} parameters, vocab_size {config.vocab_size} (config.json)"
     )
     found = read_weight_folder(folder, row, report)
     if found is not None:
@@ -428,8 +407,6 @@ def check_delta(folder: Path, config: Any, found: WeightFolder, row: Row, report
 
 
 def check_tokenizer(folder: Path, report: Report) -> None:
-    from minigpt4.models.llm import check_llama_tokenizer
-
     row = Row("model.llama_model", str(folder), "tokenizer")
     report.rows.append(row)
     try:
@@ -467,8 +444,6 @@ def check_ckpt(cfg: Config, shapes: Mapping[str, Shape], hidden: int | None, rep
     row.ignored = len(header.shapes) - len(state)
     proj = header.shapes.get("llama_proj.weight")
     if header.metadata:
-        from minigpt4.models.mini_gpt4 import trained_for
-
         report.facts.append(f"projection: {header.file} was trained for {trained_for(header.metadata)}")
     if hidden is None:
         report.notes.append("projection: not checked against the LLM (its config.json is unusable)")
@@ -516,7 +491,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None, out: Callable[[str], Any] = sys.stdout.write) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logger()
     logging.getLogger().setLevel(logging.WARNING)  # the table is the output
@@ -526,8 +501,8 @@ def main(argv: list[str] | None = None, out: Callable[[str], Any] = sys.stdout.w
         sys.stderr.write(f"check_weights: {one_line(error)}\n")
         return 2
     report = check_config(cfg)
-    out(f"weights named by {args.cfg_path}{' with ' + ' '.join(args.options) if args.options else ''}\n\n")
-    out(report.text())
+    sys.stdout.write(f"weights named by {args.cfg_path}{' with ' + ' '.join(args.options) if args.options else ''}\n\n")
+    sys.stdout.write(report.text())
     return 1 if report.problems else 0
 
 

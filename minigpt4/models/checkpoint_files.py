@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import logging
@@ -188,22 +187,15 @@ _SAFETENSORS_DTYPES = {
 
 
 def torch_load_mmap(path: Path) -> object:
-    """:func:`torch_load` memory-mapped: tensors are read only where they are used. A file in the
-    legacy (pre-zip) torch format cannot be mapped and is read whole."""
+    """:func:`torch_load` memory-mapped: tensors are read only where they are used. Anything that
+    cannot be mapped (a folder, a legacy pre-zip file, a damaged one) goes through
+    :func:`torch_load`, which reads a legacy file whole and refuses the others in words."""
     if path.is_dir() or not zipfile.is_zipfile(path):
-        with open(path, "rb") if path.is_file() else contextlib.nullcontext() as f:
-            if f is not None and f.read(2) == b"PK":
-                raise WeightLoadError(f"{path} is truncated or damaged: a torch zip file without its end")
-        try:
-            return torch_load(path)
-        except (RuntimeError, EOFError) as error:
-            raise WeightLoadError(f"{path} is not a readable torch file ({error})") from error
+        return torch_load(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError:
-        return torch_load(path)  # raises the refusal of files that could run code
-    except (RuntimeError, EOFError) as error:
-        raise WeightLoadError(f"{path} is truncated or damaged ({error})") from error
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, OSError):
+        return torch_load(path)
 
 
 def safetensors_dtype(name: str) -> torch.dtype | str:
