@@ -176,3 +176,15 @@ def test_help_and_an_unreadable_config(tmp_path: Path, capsys):
     assert result.returncode == 0 and "--cfg-path" in result.stdout
     assert main(["--cfg-path", str(tmp_path / "none.yaml")]) == 2
     assert capsys.readouterr().err == f"check_weights: config file {tmp_path / 'none.yaml'} not found\n"
+
+
+def test_a_train_config_and_a_legacy_format_pth(weights: Path, capsys, tmp_path: Path):
+    """Stage 1 names no ckpt; a ViT file in torch's pre-zip format cannot be memory-mapped and is
+    read whole."""
+    torch.save(torch.load(weights / "eva_vit_tiny.pth"), tmp_path / "eva.pth", _use_new_zipfile_serialization=False)
+    options = [*tiny_path_options(weights.parents[2], ()), f"model.vit_weights={tmp_path / 'eva.pth'}"]
+    assert main(["--cfg-path", "train_configs/minigpt4_stage1_tiny.yaml", "--options", *options]) == 0
+    out = capsys.readouterr().out
+    assert "projection: model.ckpt is not set (llama_proj starts untrained)" in out
+    [vit_row] = [line.split() for line in out.splitlines() if line.startswith("model.vit_weights")]
+    assert vit_row[-4:] == ["30", "13", "0", "ok"]
