@@ -112,6 +112,7 @@ def test_vit_report_of_an_eva_clip_export(model_shapes, eva_file):
         "the tower's final norm (the model applies ln_vision instead)": ["norm.bias", "norm.weight"],
     }
     assert report.unexpected == ["rope.freqs"]
+    assert report_vit_keys(shapes, model_shapes, "eva") == report  # the whole model's shapes will do
     # another square patch grid is interpolated, a non-square one or another width is refused
     assert report_vit_keys({**shapes, "pos_embed": (1, 5, 64)}, vit_shapes(model_shapes)).ok
     odd = report_vit_keys({**shapes, "pos_embed": (1, 6, 64)}, vit_shapes(model_shapes))

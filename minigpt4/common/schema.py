@@ -55,11 +55,14 @@ class ModelConfig:
     model_type: str = "pretrain_vicuna"
     # The only vision tower the reference knows; any other name is an error.
     vit_model: str = "eva_clip_g"
-    # An ``eva_vit_g.pth``-format file: a flat state dict; blocks beyond ``vit_arch.depth`` are ignored.
+    # An ``eva_vit_g.pth``-format file: a flat state dict; blocks beyond ``vit_arch.depth`` and the
+    # tower's ``norm``/``fc_norm``/``head`` are ignored by name. Empty (or the same folder) when
+    # ``q_former_model`` is a transformers Blip2 folder.
     vit_weights: str = WEIGHT_URLS["eva_vit_g"]
     vit_arch: VitArch = field(default_factory=VitArch)
     # A ``blip2_pretrained_flant5xxl.pth``-format file: ``{'model': ...}`` holding the Q-Former,
-    # ``query_tokens`` and ``ln_vision``.
+    # ``query_tokens`` and ``ln_vision``; or a local transformers Blip2 folder (config.json and
+    # safetensors), the source of the vision tower too.
     q_former_model: str = WEIGHT_URLS["blip2_flant5xxl"]
     qformer_arch: QFormerArch = field(default_factory=QFormerArch)
     image_size: int = 224

@@ -27,6 +27,8 @@ from minigpt4.models.loaders import KeyReport, Shape, WeightLoadError, report_ke
 logger = logging.getLogger(__name__)
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+# The vision tower's prefix in a MiniGPT-4 state dict (and in a BLIP-2 file).
+VISION_PREFIX = "visual_encoder."
 # Parts of EVA-CLIP-g exports that the model does not have (it applies ln_vision instead of a final
 # norm, and has no pooling and no CLIP projection), by reason.
 VIT_IGNORED = (
@@ -153,12 +155,15 @@ def report_vit_keys(
     file_shapes: Mapping[str, Shape], vit_shapes: Mapping[str, Shape], what: str = "the EVA ViT weights"
 ) -> KeyReport:
     """The :class:`KeyReport` of an ``eva_vit_g.pth``-format file ({key: shape}) against the vision
-    tower's own state dict ({key: shape}, e.g. ``shapes_of(model.visual_encoder.state_dict())``).
+    tower's state dict ({key: shape}: ``shapes_of(model.visual_encoder.state_dict())``, or the
+    whole MiniGPT-4 model's, of which the ``visual_encoder.`` keys are taken).
 
     Ignored by name: blocks beyond the model's depth, ``norm.*``, ``fc_norm.*``, ``head.*``. A
     ``pos_embed`` of another square patch grid counts as used (it is interpolated). Every key of
     the vision tower must be present.
     """
+    if any(key.startswith(VISION_PREFIX) for key in vit_shapes):
+        vit_shapes = {k.removeprefix(VISION_PREFIX): v for k, v in vit_shapes.items() if k.startswith(VISION_PREFIX)}
     return report_keys(
         what,
         file_shapes,

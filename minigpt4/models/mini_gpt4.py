@@ -6,8 +6,9 @@
 ``MiniGPT4.from_config(cfg)`` builds the modules from the ``model:`` config, reading nothing but the
 LLM folder's ``config.json`` and tokenizer files, and then loads the weights through the named
 loaders, in the reference's order: the ViT (``vit_weights``), the BLIP-2 Q-Former
-(``q_former_model``), the LLM (``llama_model``), and the MiniGPT-4 checkpoint (``ckpt``) if set:
-a ``.pth`` or an export by ``tools/export_checkpoint.py`` (``minigpt4.models.checkpoint_files``).
+(``q_former_model``; or both from one transformers ``Blip2`` folder), the LLM (``llama_model``),
+and the MiniGPT-4 checkpoint (``ckpt``) if set: a ``.pth`` or an export by
+``tools/export_checkpoint.py`` (``minigpt4.models.checkpoint_files``).
 ``MiniGPT4.build(cfg, llama_config, llama_tokenizer)`` builds without any weight file, on the
 current default device (``with torch.device("meta")`` for counting parameters of the full model).
 
@@ -37,6 +38,7 @@ from minigpt4.common.device import autocast, autocast_dtype, parse_dtype, resolv
 from minigpt4.common.flops import FlopModel, minigpt4_flop_model
 from minigpt4.common.registry import UnknownNameError, registry
 from minigpt4.common.schema import ModelConfig
+from minigpt4.models.blip2_hf import is_transformers_blip2_folder, load_transformers_blip2, names_transformers_blip2
 from minigpt4.models.checkpoint_files import read_checkpoint
 from minigpt4.models.eva_vit import FP32LayerNorm, build_eva_vit, load_eva_vit
 from minigpt4.models.llm import (
@@ -260,10 +262,7 @@ class MiniGPT4(nn.Module):
         with torch.device("meta"):
             stand_in = build_llama(read_llama_config(folder), dtype)
         model = cls(cfg, stand_in, tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), target)
-        logger.info("Loading VIT")
-        load_eva_vit(model.visual_encoder, resolve_weights(cfg.vit_weights, "vit_weights"))
-        logger.info("Loading Q-Former")
-        load_blip2_qformer(model, resolve_weights(cfg.q_former_model, "q_former_model"))
+        load_vision_weights(model, cfg)
         logger.info("Loading LLAMA")
         model.llama_model = load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit)
         use_tokenizer_ids(model.llama_model, tokenizer)
@@ -433,6 +432,32 @@ class MiniGPT4(nn.Module):
             "tokens": inputs.attention_mask.sum(),
             "padded_tokens": inputs.attention_mask.numel(),
         }
+
+
+def load_vision_weights(model: MiniGPT4, cfg: DictConfig) -> None:
+    """The vision tower, ``ln_vision``, the Q-Former and the query tokens: from ``vit_weights`` (an
+    ``eva_vit_g.pth``-format file) then ``q_former_model`` (a BLIP-2 file), as the reference, or
+    all four from a transformers ``Blip2`` folder named by ``q_former_model`` (``vit_weights``
+    empty or the same folder)."""
+    if names_transformers_blip2(cfg):
+        q_former = resolve_weights(cfg.q_former_model, "q_former_model")
+        if not is_transformers_blip2_folder(q_former):
+            raise WeightLoadError(
+                f"model.q_former_model: {q_former} is a folder without config.json; give a BLIP-2 file "
+                f"(blip2_pretrained_flant5xxl.pth) or a transformers Blip2 folder"
+            )
+        if cfg.vit_weights and Path(cfg.vit_weights).expanduser().resolve() != q_former.resolve():
+            raise WeightLoadError(
+                f"model.vit_weights is {cfg.vit_weights!r} but model.q_former_model is the transformers Blip2 "
+                f"folder {q_former}, which holds the vision tower too: set vit_weights to '' or to that folder"
+            )
+        logger.info("Loading VIT and Q-Former from the transformers Blip2 folder %s", q_former)
+        load_transformers_blip2(model, q_former, cfg)
+        return
+    logger.info("Loading VIT")
+    load_eva_vit(model.visual_encoder, resolve_weights(cfg.vit_weights, "vit_weights"))
+    logger.info("Loading Q-Former")
+    load_blip2_qformer(model, resolve_weights(cfg.q_former_model, "q_former_model"))
 
 
 def explain_checkpoint_shape(key: str, have: tuple[int, ...], want: tuple[int, ...]) -> str | None:

@@ -29,6 +29,7 @@ from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from minigpt4.common.schema import QFormerArch
 from minigpt4.models.eva_vit import (
+    VISION_PREFIX,
     explain_vit_shape,
     load_vit_copy,
     pos_embed_resizable,
@@ -56,7 +57,6 @@ DISCARDED_BLIP2_KEYS = (
     (re.compile(r"^(vision_proj|text_proj|itm_head)\."), _OBJECTIVE_HEADS),
     (re.compile(r"^temp$"), _OBJECTIVE_HEADS),
 )
-VISION_PREFIX = "visual_encoder."
 
 # Reference (BERT) name -> Blip2QFormerModel name, applied in order to a name under ``Qformer.``.
 _RENAMES = (

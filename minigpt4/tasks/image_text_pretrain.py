@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from minigpt4.common.checkpoint import resume_checkpoint
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders import build_datasets
+from minigpt4.models.blip2_hf import names_transformers_blip2
 from minigpt4.models.llm import llama_folder, require_llama_tokenizer
 from minigpt4.models.loaders import is_url
 from minigpt4.models.mini_gpt4 import REPO_ROOT
@@ -40,8 +41,12 @@ class ImageTextPretrainTask:
         working directory, then the repository, as the model does) and the resume checkpoint (a file,
         or a run folder holding one)."""
         model_cfg = cfg.model_cfg
+        # a transformers Blip2 folder replaces both vision files; the model's loader checks it
+        vision_folder = names_transformers_blip2(model_cfg)
         for key in WEIGHT_KEYS:
             location = model_cfg[key]
+            if vision_folder and key in ("vit_weights", "q_former_model"):
+                continue
             if (location or key != "ckpt") and not is_url(location) and not Path(location).expanduser().is_file():
                 raise FileNotFoundError(f"model.{key}: weight file '{location}' does not exist")
         require_llama_tokenizer(llama_folder(model_cfg.llama_model))
