@@ -16,7 +16,7 @@ from typing import Any
 
 import sentencepiece as spm
 import torch
-from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+from transformers import BitsAndBytesConfig, GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
 from minigpt4.common.device import resolve_device
 from minigpt4.common.errors import MiniGPT4Error
@@ -199,14 +199,32 @@ def require_llama_tokenizer(folder: str | Path) -> TokenizerReport:
     return report
 
 
-def read_llama_config(folder: Path) -> LlamaConfig:
+def read_llama_config(folder: Path, tokenizer: LlamaTokenizer | None = None) -> LlamaConfig:
     """The LLM's config. 2023 conversions name the position table ``max_sequence_length``, which
-    transformers does not read: it becomes ``max_position_embeddings`` (default 2048 otherwise)."""
-    config = LlamaConfig.from_pretrained(folder, local_files_only=True)
+    transformers does not read: it becomes ``max_position_embeddings`` (default 2048 otherwise).
+    Given the folder's checked tokenizer (:func:`load_llama_tokenizer`), the special ids are the
+    tokenizer's (:func:`tokenizer_ids`); without it, a pad id outside the vocabulary is dropped."""
     raw = _read_json(Path(folder) / "config.json")
     if "max_position_embeddings" not in raw and isinstance(raw.get("max_sequence_length"), int):
-        config.max_position_embeddings = raw["max_sequence_length"]
-    return config
+        raw["max_position_embeddings"] = raw["max_sequence_length"]
+    if tokenizer is not None:
+        raw.update(tokenizer_ids(raw, tokenizer))
+    elif isinstance(raw.get("pad_token_id"), int) and not 0 <= raw["pad_token_id"] < raw.get("vocab_size", 0):
+        raw["pad_token_id"] = None
+    return LlamaConfig.from_dict(raw)
+
+
+def tokenizer_ids(config: dict[str, Any], tokenizer: LlamaTokenizer) -> dict[str, Any]:
+    """The special ids a config (``config.json`` or ``generation_config.json`` as a dict) is to
+    have: the tokenizer's BOS and EOS (a list of EOS ids that holds the tokenizer's is kept), and
+    the tokenizer's pad (EOS) where the config's pad is unset or outside the vocabulary."""
+    eos = config.get("eos_token_id")
+    ids = {"bos_token_id": tokenizer.bos_token_id}
+    ids["eos_token_id"] = eos if isinstance(eos, list) and tokenizer.eos_token_id in eos else tokenizer.eos_token_id
+    pad = config.get("pad_token_id")
+    if not isinstance(pad, int) or not 0 <= pad < len(tokenizer):
+        ids["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return ids
 
 
 def load_llama_tokenizer(folder: Path) -> LlamaTokenizer:
@@ -233,20 +251,15 @@ def load_llama_tokenizer(folder: Path) -> LlamaTokenizer:
     return tokenizer
 
 
-def use_tokenizer_ids(llama: LlamaForCausalLM, tokenizer: LlamaTokenizer) -> None:
-    """Give the LLM's config and generation config the tokenizer's BOS/EOS/pad ids, so that
-    generation stops on the tokenizer's </s> whatever a 2023 config.json said (checked and warned
-    about by :func:`load_llama_tokenizer`)."""
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-    ids["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for config in (llama.config, llama.generation_config):
-        if config is None:
-            continue
-        for key, value in ids.items():
-            current = getattr(config, key, None)
-            if key == "eos_token_id" and isinstance(current, list) and value in current:
-                continue  # a list of stops that holds </s> (newer LLMs) is kept
-            setattr(config, key, value)
+def llama_generation_config(folder: Path, config: LlamaConfig, tokenizer: LlamaTokenizer) -> GenerationConfig:
+    """The folder's ``generation_config.json`` (else the one transformers derives from ``config``)
+    with the tokenizer's special ids (:func:`tokenizer_ids`)."""
+    path = Path(folder) / "generation_config.json"
+    if not path.is_file():
+        return GenerationConfig.from_model_config(config)
+    raw = _read_json(path)
+    raw.update(tokenizer_ids(raw, tokenizer))
+    return GenerationConfig.from_dict(raw)
 
 
 def build_llama(config: LlamaConfig, dtype: torch.dtype) -> LlamaForCausalLM:
@@ -269,21 +282,32 @@ def _check_8bit_possible(device_8bit: int) -> torch.device:
         ) from error
 
 
-def load_llama(folder: Path, dtype: torch.dtype, low_resource: bool, device_8bit: int) -> LlamaForCausalLM:
+def load_llama(
+    folder: Path, dtype: torch.dtype, low_resource: bool, device_8bit: int, tokenizer: LlamaTokenizer | None = None
+) -> LlamaForCausalLM:
     """The LLaMA of ``folder`` with its weights, frozen, in eval mode.
+
+    With ``tokenizer`` (the folder's, checked by :func:`load_llama_tokenizer`), the config and the
+    generation config carry the tokenizer's special ids, so that generation stops on its </s>
+    whatever a 2023 ``config.json`` or ``generation_config.json`` said.
 
     ``low_resource`` loads it in 8 bit (bitsandbytes) onto GPU ``device_8bit``. Every weight the
     model needs must be in the folder: a missing one is an error, not a random initialisation.
     The ``rotary_emb.inv_freq`` buffers that 2023 checkpoints carry are recomputed by transformers
     and need not be present.
     """
+    config = read_llama_config(folder, tokenizer)
     extra = {}
+    if tokenizer is not None:
+        # Given here, transformers neither reads generation_config.json itself nor warns about its
+        # v0 pad_token_id -1 before the ids are corrected.
+        extra["generation_config"] = llama_generation_config(folder, config, tokenizer)
     if low_resource:
         device = _check_8bit_possible(device_8bit)
-        extra = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": device.index}}
+        extra.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": device.index})
     llama, info = LlamaForCausalLM.from_pretrained(
         folder,
-        config=read_llama_config(folder),
+        config=config,
         dtype=dtype,
         attn_implementation="sdpa",
         local_files_only=True,

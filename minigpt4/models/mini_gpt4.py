@@ -48,7 +48,6 @@ from minigpt4.models.llm import (
     load_llama,
     load_llama_tokenizer,
     read_llama_config,
-    use_tokenizer_ids,
 )
 from minigpt4.models.loaders import WeightLoadError, check_state_dict, resolve_weights
 from minigpt4.models.qformer import blip2_to_ours, build_qformer, load_blip2_qformer
@@ -260,12 +259,11 @@ class MiniGPT4(nn.Module):
         # The LLM is loaded by transformers' from_pretrained (the one path for sharded folders and
         # 8-bit quantisation); until then a weightless stand-in of the same config holds its place.
         with torch.device("meta"):
-            stand_in = build_llama(read_llama_config(folder), dtype)
+            stand_in = build_llama(read_llama_config(folder, tokenizer), dtype)
         model = cls(cfg, stand_in, tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), target)
         load_vision_weights(model, cfg)
         logger.info("Loading LLAMA")
-        model.llama_model = load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit)
-        use_tokenizer_ids(model.llama_model, tokenizer)
+        model.llama_model = load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit, tokenizer)
         if cfg.ckpt:
             logger.info("Load BLIP2-LLM Checkpoint: %s", cfg.ckpt)
             load_minigpt4_checkpoint(model, resolve_weights(cfg.ckpt, "ckpt"), cfg)
