@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_blip2_transformers import golden_vision_state, tiny_blip2_config, to_transformers
 from tiny_assets import tiny_path_options, tiny_root
-from transformers import LlamaForCausalLM
+from transformers import Blip2ForConditionalGeneration, LlamaForCausalLM
 
 from tools.check_weights import DELTA_NONPOSITIVE, main
 from tools.export_checkpoint import main as export_main
@@ -188,3 +189,18 @@ def test_a_train_config_and_a_legacy_format_pth(weights: Path, capsys, tmp_path:
     assert "projection: model.ckpt is not set (llama_proj starts untrained)" in out
     [vit_row] = [line.split() for line in out.splitlines() if line.startswith("model.vit_weights")]
     assert vit_row[-4:] == ["30", "13", "0", "ok"]
+
+
+def test_a_transformers_blip2_folder(golden_dir: Path, weights: Path, capsys, tmp_path: Path):
+    hf = Blip2ForConditionalGeneration(tiny_blip2_config(golden_dir))
+    hf.load_state_dict(to_transformers(golden_vision_state(golden_dir)), strict=False)
+    hf.save_pretrained(tmp_path / "blip2", safe_serialization=True)
+    status, out = check(weights, capsys, f"model.q_former_model={tmp_path / 'blip2'}", "model.vit_weights=''")
+    assert status == 0, out
+    [row] = [line.split() for line in out.splitlines() if line.startswith("model.q_former_model")]
+    assert row[1:5] == [str(tmp_path / "blip2"), "transformers", "Blip2,", "1"] and row[-1] == "ok"
+    assert not any(line.startswith("model.vit_weights") for line in out.splitlines())
+    # the vision tower comes from the folder, so another vit_weights is refused as the loader does
+    status, out = check(weights, capsys, f"model.q_former_model={tmp_path / 'blip2'}")
+    assert status == 1
+    assert failures(out)[0].startswith("model.vit_weights is ") and "holds the vision tower too" in failures(out)[0]

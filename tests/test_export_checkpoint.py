@@ -8,14 +8,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from golden_model import build_golden_model
 from safetensors import safe_open
+from tiny_assets import STAGE2_TINY, tiny_path_options, tiny_root
 
+from minigpt4.common.config import Config
 from minigpt4.models.checkpoint_files import METADATA_KEY, METADATA_NAME, SAFETENSORS_NAME, project_version
 from minigpt4.models.loaders import WeightLoadError
+from minigpt4.tasks.image_text_pretrain import ImageTextPretrainTask
 from tools.export_checkpoint import main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -108,3 +112,13 @@ def test_entry_point_help_and_bad_input(tmp_path: Path):
     assert (
         "is not a MiniGPT-4 checkpoint: expected a dict with a 'model' entry" in result.stderr.strip().splitlines()[-1]
     )
+
+
+def test_training_accepts_an_exported_folder_as_ckpt(golden_dir: Path, tmp_path: Path):
+    assert main([str(golden_dir / "checkpoint_0.pth"), str(tmp_path / "export")]) == 0
+    options = [*tiny_path_options(tiny_root(), ()), f"model.ckpt={tmp_path / 'export'}"]
+    cfg = Config(SimpleNamespace(cfg_path=str(STAGE2_TINY), options=options))
+    ImageTextPretrainTask().check_inputs(cfg)  # raises for a path that does not exist
+    cfg = Config(SimpleNamespace(cfg_path=str(STAGE2_TINY), options=[*options[:-1], f"model.ckpt={tmp_path}"]))
+    with pytest.raises(FileNotFoundError, match=r"model\.ckpt: weight file"):
+        ImageTextPretrainTask().check_inputs(cfg)

@@ -3,13 +3,14 @@
     python tools/check_weights.py --cfg-path eval_configs/minigpt4_eval.yaml [--options KEY=VALUE ...]
 
 opens every file and folder the ``model:`` config names (``vit_weights``, ``q_former_model``,
-``llama_model``, ``ckpt``) without building the model with weights: ``.pth``/``.bin`` files are
-memory-mapped (``torch.load(mmap=True, weights_only=True)``), safetensors files are read by
-their headers, and the expected shapes come from the modules built on the meta device. The only
-tensors read are the LLM's norm weights, for the delta check below. It prints a table (each
-file, its format, dtypes, and how many keys will be used, ignored and refused), the LLM's size,
-the tokenizer's sanity (vocabulary against config.json, BOS/EOS ids, how it encodes ``###`` and
-``</s>``), whether the projection (``ckpt``) fits, and the reasons a run would fail, in the
+which may be a transformers ``Blip2`` folder, ``llama_model``, ``ckpt``) without building the
+model with weights: ``.pth``/``.bin`` files are memory-mapped (``torch.load(mmap=True,
+weights_only=True)``), safetensors files are read by their headers, and the expected shapes come
+from the modules built on the meta device. The only tensors read are the LLM's norm weights, for
+the delta check below. It prints a table (each file, its format, dtypes, and how many keys will be
+used, ignored and refused), the LLM's size, the tokenizer's sanity (vocabulary against
+config.json, BOS/EOS ids, how it encodes ``###`` and ``</s>``), whether the projection (``ckpt``)
+fits, and the reasons a run would fail, in the
 loaders' words.
 
 Unmerged Vicuna delta: the weights published as a delta (``finetuned - base``, to be added to
@@ -47,10 +48,11 @@ from safetensors import safe_open
 from minigpt4.common.config import Config
 from minigpt4.common.errors import MiniGPT4Error
 from minigpt4.common.logger import setup_logger
+from minigpt4.models import blip2_hf
 from minigpt4.models.checkpoint_files import read_checkpoint_header, safetensors_dtype, torch_load_mmap
 from minigpt4.models.eva_vit import build_eva_vit, report_vit_keys
 from minigpt4.models.llm import build_llama, check_llama_tokenizer, llama_folder, llama_size_name, read_llama_config
-from minigpt4.models.loaders import cache_dir, is_url
+from minigpt4.models.loaders import WeightLoadError, cache_dir, is_url
 from minigpt4.models.mini_gpt4 import (
     CheckpointTarget,
     MiniGPT4,
@@ -466,13 +468,49 @@ def check_ckpt(cfg: Config, shapes: Mapping[str, Shape], hidden: int | None, rep
         )
 
 
+def check_transformers_blip2(cfg: Config, shapes: Mapping[str, Shape], report: Report) -> None:
+    """A transformers ``Blip2`` folder named by ``q_former_model``, the source of the whole vision
+    side: its config.json against the model config, its safetensors headers against the model."""
+    row, folder = local_file(cfg, "q_former_model", report)
+    report.rows.append(row)
+    vit_weights = cfg.model_cfg.vit_weights
+    if vit_weights and Path(vit_weights).expanduser().resolve() != folder.resolve():
+        report.fail(
+            row,
+            f"model.vit_weights is {vit_weights!r} but model.q_former_model is the transformers Blip2 folder "
+            f"{folder}, which holds the vision tower too: set vit_weights to '' or to that folder",
+        )
+    try:
+        if not blip2_hf.is_transformers_blip2_folder(folder):
+            raise WeightLoadError(
+                f"model.q_former_model: {folder} is a folder without config.json; give a BLIP-2 file "
+                "(blip2_pretrained_flant5xxl.pth) or a transformers Blip2 folder"
+            )
+        blip2_hf.check_blip2_arch(folder, blip2_hf.read_blip2_config(folder), cfg.model_cfg)
+        files = blip2_hf.weight_files(folder)
+        key_report = blip2_hf.report_transformers_blip2_keys(
+            blip2_hf.file_shapes(files), shapes, f"the transformers Blip2 weights in {folder}"
+        )
+    except MiniGPT4Error as error:
+        report.fail(row, one_line(error))
+        return
+    used_files = sorted({files[name] for name in key_report.used})
+    dtypes = [dtype for file in used_files for dtype in _safetensors_header(file)[1].values()]
+    row.format = f"transformers Blip2, {len(set(files.values()))} file(s)"
+    row.dtypes = dtype_summary(dtypes)
+    fill_from_key_report(row, key_report, report)
+
+
 def check_config(cfg: Config) -> Report:
     """Every check, in the order the model loads its weights."""
     report = Report()
     model_cfg = cfg.model_cfg
     shapes = vision_shapes(model_cfg)
-    check_vit(cfg, shapes, report)
-    check_blip2(cfg, shapes, report)
+    if blip2_hf.names_transformers_blip2(model_cfg):
+        check_transformers_blip2(cfg, shapes, report)
+    else:
+        check_vit(cfg, shapes, report)
+        check_blip2(cfg, shapes, report)
     folder, llm_shapes, hidden = check_llm(cfg, report)
     if folder is not None:
         check_tokenizer(folder, report)

@@ -19,6 +19,7 @@ from minigpt4.common.checkpoint import resume_checkpoint
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders import build_datasets
 from minigpt4.models.blip2_hf import names_transformers_blip2
+from minigpt4.models.checkpoint_files import SAFETENSORS_NAME
 from minigpt4.models.llm import llama_folder, require_llama_tokenizer
 from minigpt4.models.loaders import is_url
 from minigpt4.models.mini_gpt4 import REPO_ROOT
@@ -47,7 +48,10 @@ class ImageTextPretrainTask:
             location = model_cfg[key]
             if vision_folder and key in ("vit_weights", "q_former_model"):
                 continue
-            if (location or key != "ckpt") and not is_url(location) and not Path(location).expanduser().is_file():
+            path = Path(location).expanduser()
+            # model.ckpt may also be a folder written by tools/export_checkpoint.py
+            exported = key == "ckpt" and (path / SAFETENSORS_NAME).is_file()
+            if (location or key != "ckpt") and not is_url(location) and not (path.is_file() or exported):
                 raise FileNotFoundError(f"model.{key}: weight file '{location}' does not exist")
         require_llama_tokenizer(llama_folder(model_cfg.llama_model))
         prompt_path = model_cfg.prompt_path
