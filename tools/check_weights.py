@@ -140,7 +140,9 @@ def count(number: int) -> str:
 
 
 def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
+    """A loader's message on one line: ``cannot load X:\n  a\n  b`` -> ``cannot load X: a; b``."""
+    first, *rest = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return f"{first} {'; '.join(rest)}" if rest else first
 
 
 def origin_note(cfg: Config, key: str) -> str:
@@ -457,7 +459,7 @@ def check_ckpt(cfg: Config, shapes: Mapping[str, Shape], hidden: int | None, rep
     try:
         warnings = check_minigpt4_checkpoint(expected, state, header.file, header.metadata, target)
     except MiniGPT4Error as error:
-        row.refused = "all"
+        row.used, row.refused = 0, len(state)
         report.fail(row, one_line(error))
         return
     row.refused = 0
