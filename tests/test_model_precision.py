@@ -108,7 +108,9 @@ def no_8bit(monkeypatch) -> None:
     """``low_resource`` loads the LLM as usual, not in 8 bit (which needs CUDA and bitsandbytes)."""
     real_load = mini_gpt4.load_llama
     monkeypatch.setattr(
-        mini_gpt4, "load_llama", lambda folder, dtype, _8bit, index: real_load(folder, dtype, False, index)
+        mini_gpt4,
+        "load_llama",
+        lambda folder, dtype, _8bit, index, tokenizer: real_load(folder, dtype, False, index, tokenizer),
     )
 
 

@@ -24,6 +24,7 @@ import difflib
 import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -90,6 +91,12 @@ def _load(path: str) -> DictConfig:
     return config
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Weight locations, and the prefix of the placeholders that the shipped YAML files hold for them.
+PATH_KEYS = ("model.llama_model", "model.vit_weights", "model.q_former_model", "model.ckpt")
+PLACEHOLDER_PREFIX = "/path/to/"
+_UNSET = object()
+
 # run: keys that name a registered class, and the registry kind each is looked up in.
 RUN_NAMES = {"task": "task", "runner": "runner", "lr_sched": "lr_scheduler"}
 
@@ -150,13 +157,33 @@ class Config:
                 raise ConfigError(f"datasets.{name}: {exn}") from None
 
         config = schema
-        for path in defaults:
-            config = _merge(config, _load(path), path)
-        config = _merge(config, user, args.cfg_path)
-        config = _merge(config, options, "--options")
+        # (source, its content), in merge order: origin() tells which one set a key.
+        self.layers = [(path, _load(path)) for path in defaults]
+        self.layers += [(args.cfg_path, user), ("--options", options)]
+        for source, layer in self.layers:
+            config = _merge(config, layer, source)
         _check_names(config)
         OmegaConf.set_readonly(config, True)
         self.config = config
+        for key in PATH_KEYS:
+            value = OmegaConf.select(config, key)
+            if isinstance(value, str) and value.startswith(PLACEHOLDER_PREFIX):
+                logger.warning(
+                    "%s is still the placeholder '%s' of %s: set it there, in your YAML or with --options %s=...",
+                    key,
+                    value,
+                    self.origin(key),
+                    key,
+                )
+
+    def origin(self, key: str) -> str | None:
+        """The file (or ``--options``) that set ``key`` (``model.llama_model``) last; None for a
+        schema default."""
+        for source, layer in reversed(self.layers):
+            if OmegaConf.select(layer, key, default=_UNSET) is not _UNSET:
+                path = Path(source).resolve()
+                return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else source
+        return None
 
     @property
     def run_cfg(self) -> DictConfig:

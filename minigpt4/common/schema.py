@@ -99,8 +99,9 @@ class ModelConfig:
     # as the reference's demo; ``model.to(device)`` then moves the Q-Former and llama_proj only.
     low_resource: bool = False
     device_8bit: int = 0
-    # A MiniGPT-4 checkpoint (``{'model': ...}``) loaded last: the released projection file or a
-    # training checkpoint.
+    # A MiniGPT-4 checkpoint loaded last: the released projection file or a training checkpoint
+    # (``.pth``, ``{'model': ...}``), or its export by tools/export_checkpoint.py (a folder holding
+    # model.safetensors, or that file).
     ckpt: str = ""
 
 

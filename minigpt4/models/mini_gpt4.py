@@ -7,7 +7,8 @@
 LLM folder's ``config.json`` and tokenizer files, and then loads the weights through the named
 loaders, in the reference's order: the ViT (``vit_weights``), the BLIP-2 Q-Former
 (``q_former_model``; or both from one transformers ``Blip2`` folder), the LLM (``llama_model``),
-and the MiniGPT-4 checkpoint (``ckpt``) if set.
+and the MiniGPT-4 checkpoint (``ckpt``) if set: a ``.pth`` or an export by
+``tools/export_checkpoint.py`` (``minigpt4.models.checkpoint_files``).
 ``MiniGPT4.build(cfg, llama_config, llama_tokenizer)`` builds without any weight file, on the
 current default device (``with torch.device("meta")`` for counting parameters of the full model).
 
@@ -38,6 +39,7 @@ from minigpt4.common.flops import FlopModel, minigpt4_flop_model
 from minigpt4.common.registry import UnknownNameError, registry
 from minigpt4.common.schema import ModelConfig
 from minigpt4.models.blip2_hf import is_transformers_blip2_folder, load_transformers_blip2, names_transformers_blip2
+from minigpt4.models.checkpoint_files import read_checkpoint
 from minigpt4.models.eva_vit import FP32LayerNorm, build_eva_vit, load_eva_vit
 from minigpt4.models.llm import (
     build_llama,
@@ -47,7 +49,7 @@ from minigpt4.models.llm import (
     load_llama_tokenizer,
     read_llama_config,
 )
-from minigpt4.models.loaders import WeightLoadError, check_state_dict, resolve_weights, torch_load
+from minigpt4.models.loaders import WeightLoadError, check_state_dict, resolve_weights
 from minigpt4.models.qformer import blip2_to_ours, build_qformer, load_blip2_qformer
 
 logger = logging.getLogger(__name__)
@@ -257,14 +259,14 @@ class MiniGPT4(nn.Module):
         # The LLM is loaded by transformers' from_pretrained (the one path for sharded folders and
         # 8-bit quantisation); until then a weightless stand-in of the same config holds its place.
         with torch.device("meta"):
-            stand_in = build_llama(read_llama_config(folder), dtype)
+            stand_in = build_llama(read_llama_config(folder, tokenizer), dtype)
         model = cls(cfg, stand_in, tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), target)
         load_vision_weights(model, cfg)
         logger.info("Loading LLAMA")
-        model.llama_model = load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit)
+        model.llama_model = load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit, tokenizer)
         if cfg.ckpt:
             logger.info("Load BLIP2-LLM Checkpoint: %s", cfg.ckpt)
-            load_minigpt4_checkpoint(model, resolve_weights(cfg.ckpt, "ckpt"))
+            load_minigpt4_checkpoint(model, resolve_weights(cfg.ckpt, "ckpt"), cfg)
         if device is not None:
             if cfg.low_resource:
                 _check_llm_is_on(model.llama_model.get_input_embeddings().weight.device, target)
@@ -468,23 +470,98 @@ def explain_checkpoint_shape(key: str, have: tuple[int, ...], want: tuple[int, .
     return None
 
 
-def load_minigpt4_checkpoint(model: MiniGPT4, path: Path) -> None:
-    """Load a MiniGPT-4 checkpoint (``{'model': {...}, ...}``) into ``model``.
+@dataclass
+class CheckpointTarget:
+    """What a checkpoint is loaded for: the model's widths and the config's prompt settings."""
+
+    llama_model: str
+    llm_hidden_size: int
+    qformer_hidden_size: int
+    num_query_token: int
+    prompt_template: str
+    end_sym: str
+
+    @classmethod
+    def of(cls, cfg: DictConfig, llm_hidden_size: int) -> CheckpointTarget:
+        return cls(
+            cfg.llama_model,
+            llm_hidden_size,
+            cfg.qformer_arch.hidden_size,
+            cfg.num_query_token,
+            cfg.prompt_template,
+            cfg.end_sym,
+        )
+
+
+def trained_for(metadata: Mapping[str, Any]) -> str:
+    """``an LLM of hidden size 5120 (a 13B LLM, vicuna-13b), a Q-Former of width 768, 32 query tokens``."""
+    hidden = metadata["llm_hidden_size"]
+    name = f", {metadata['llm_name']}" if metadata.get("llm_name") else ""
+    text = f"an LLM of hidden size {hidden} ({llama_size_name(hidden)}{name}), "
+    text += f"a Q-Former of width {metadata['qformer_hidden_size']}"
+    if metadata.get("num_query_token") is not None:
+        text += f", {metadata['num_query_token']} query tokens"
+    return text
+
+
+def check_checkpoint_metadata(metadata: Mapping[str, Any], target: CheckpointTarget, source: object) -> list[str]:
+    """Raise :class:`WeightLoadError` when the metadata says the checkpoint was trained for other
+    widths than ``target``'s; return warnings for settings that load but change what the model
+    does (query tokens, prompt template, end symbol)."""
+    problems = []
+    hidden = metadata.get("llm_hidden_size")
+    if hidden != target.llm_hidden_size:
+        problems.append(
+            f"model.llama_model '{target.llama_model}' has hidden size {target.llm_hidden_size} "
+            f"({llama_size_name(target.llm_hidden_size)})"
+        )
+    if metadata.get("qformer_hidden_size") != target.qformer_hidden_size:
+        problems.append(f"qformer_arch.hidden_size is {target.qformer_hidden_size}")
+    if problems:
+        raise WeightLoadError(f"{source} was trained for {trained_for(metadata)}; " + "; ".join(problems))
+    warnings = []
+    for key, value in (
+        ("num_query_token", target.num_query_token),
+        ("prompt_template", target.prompt_template),
+        ("end_sym", target.end_sym),
+    ):
+        trained = metadata.get(key)
+        if trained is not None and trained != value:
+            warnings.append(f"{source} was trained with {key} {trained!r}; model.{key} is {value!r}")
+    return warnings
+
+
+def check_minigpt4_checkpoint(
+    expected: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    source: object,
+    metadata: Mapping[str, Any] | None = None,
+    target: CheckpointTarget | None = None,
+) -> list[str]:
+    """Raise :class:`WeightLoadError` unless the checkpoint ``state`` (under this model's names)
+    fits the model's ``expected`` state dict: ``llama_proj`` present, every other key a parameter
+    or buffer of the model, every shape right, and the metadata's widths those of ``target``.
+    Returns the metadata's warnings. Only shapes are read, so meta tensors do for both."""
+    warnings = check_checkpoint_metadata(metadata, target, source) if metadata and target else []
+    optional = set(expected) - set(PROJECTION_KEYS)
+    check_state_dict(expected, state, f"the MiniGPT-4 checkpoint {source}", explain_checkpoint_shape, optional)
+    return warnings
+
+
+def load_minigpt4_checkpoint(model: MiniGPT4, path: Path, cfg: DictConfig | None = None) -> None:
+    """Load a MiniGPT-4 checkpoint into ``model``: a ``.pth`` (``{'model': {...}, ...}``), or a
+    ``.safetensors`` file or folder written by ``tools/export_checkpoint.py``.
 
     Accepted: the released projection-only files, the reference runner's checkpoints (trainable
-    parameters plus buffers, the reference-only buffers dropped) and this project's runner's
-    checkpoints (trainable parameters and buffers under this model's names). ``llama_proj`` must be
-    present; every other key must name a parameter or buffer of the model.
+    parameters plus buffers, the reference-only buffers dropped), this project's runner's
+    checkpoints (trainable parameters and buffers under this model's names) and their exports.
+    ``llama_proj`` must be present; every other key must name a parameter or buffer of the model.
+    With ``cfg`` (the ``model:`` config), an export's metadata is checked against it too.
     """
-    checkpoint = torch_load(path)
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise WeightLoadError(
-            f"{path} is not a MiniGPT-4 checkpoint: expected a dict with a 'model' entry, got {found}"
-        )
-    state = model.checkpoint_state(checkpoint["model"])
-    expected = model.state_dict()
-    optional = set(expected) - set(PROJECTION_KEYS)
-    check_state_dict(expected, state, f"the MiniGPT-4 checkpoint {path}", explain_checkpoint_shape, optional)
+    state, metadata = read_checkpoint(path)
+    state = model.checkpoint_state(state)
+    target = CheckpointTarget.of(cfg, model.llama_model.config.hidden_size) if cfg is not None else None
+    for warning in check_minigpt4_checkpoint(model.state_dict(), state, path, metadata, target):
+        logger.warning("%s", warning)
     model.load_state_dict(state, strict=False)
     logger.info("Loaded %d tensors from %s", len(state), path)

@@ -16,12 +16,22 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from minigpt4.common.checkpoint import resume_checkpoint
+from minigpt4.common.config import Config
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders import build_datasets
 from minigpt4.models.blip2_hf import names_transformers_blip2
-from minigpt4.models.llm import llama_folder
+from minigpt4.models.checkpoint_files import SAFETENSORS_NAME
+from minigpt4.models.llm import llama_folder, require_llama_tokenizer
 from minigpt4.models.loaders import is_url
 from minigpt4.models.mini_gpt4 import REPO_ROOT
+
+
+def _origin(cfg: Any, key: str) -> str:
+    """`` (set in FILE)``: the YAML file (or ``--options``) that set ``model.<key>``, so that a
+    placeholder from a default YAML the user never opened is found; empty where unknown."""
+    origin = cfg.origin(f"model.{key}") if isinstance(cfg, Config) else None
+    return f" (set in {origin})" if origin else ""
+
 
 # model: keys naming weight files, each a local path or a URL (downloaded when the model loads).
 WEIGHT_KEYS = ("vit_weights", "q_former_model", "ckpt")
@@ -36,7 +46,8 @@ class ImageTextPretrainTask:
 
     def check_inputs(self, cfg: Any) -> None:
         """Raise FileNotFoundError for the first configured local input that does not exist: the
-        weight files (``ckpt`` only when set), the LLM folder, the prompt file (looked up in the
+        weight files (``ckpt`` only when set), the LLM folder (and TokenizerError for a tokenizer
+        that is missing, unreadable or does not fit its config.json), the prompt file (looked up in the
         working directory, then the repository, as the model does) and the resume checkpoint (a file,
         or a run folder holding one)."""
         model_cfg = cfg.model_cfg
@@ -46,9 +57,16 @@ class ImageTextPretrainTask:
             location = model_cfg[key]
             if vision_folder and key in ("vit_weights", "q_former_model"):
                 continue
-            if (location or key != "ckpt") and not is_url(location) and not Path(location).expanduser().is_file():
-                raise FileNotFoundError(f"model.{key}: weight file '{location}' does not exist")
-        llama_folder(model_cfg.llama_model)
+            path = Path(location).expanduser()
+            # model.ckpt may also be a folder written by tools/export_checkpoint.py
+            exported = key == "ckpt" and (path / SAFETENSORS_NAME).is_file()
+            if (location or key != "ckpt") and not is_url(location) and not (path.is_file() or exported):
+                raise FileNotFoundError(f"model.{key}: weight file '{location}' does not exist{_origin(cfg, key)}")
+        try:
+            folder = llama_folder(model_cfg.llama_model)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{error}{_origin(cfg, 'llama_model')}") from None
+        require_llama_tokenizer(folder)
         prompt_path = model_cfg.prompt_path
         if prompt_path and not (Path(prompt_path).is_file() or (REPO_ROOT / prompt_path).is_file()):
             raise FileNotFoundError(f"model.prompt_path: '{prompt_path}' does not exist")
