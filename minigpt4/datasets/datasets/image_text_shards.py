@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import random
+import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -216,7 +217,6 @@ class ImageTextShards(IterableDataset):
             wrong_layout: list[tuple[dict[str, Any], str, str]] = []  # (sample, problem, kind) while none is usable
             for sample in tarfile_samples(iter([shard]), handler=broken):
                 count += 1
-                tracker.sample_read()
                 key = sample.get("__key__")
                 parsed = self._parse(sample, url, key, tracker)
                 if isinstance(parsed, tuple):  # a sample in the wrong layout
@@ -238,7 +238,6 @@ class ImageTextShards(IterableDataset):
                 raise ShardFormatError(_format_error(self.name, url, wrong_layout))
             if count:
                 for problem in problems:  # broken entries inside a shard that gave samples
-                    tracker.sample_read()
                     tracker.skip(url, None, "broken tar entry", problem)
             tracker.shard_done(url, count, problems[-1] if problems else None)
 
@@ -253,7 +252,7 @@ class ImageTextShards(IterableDataset):
         try:
             meta = json.loads(sample[META_KEY])
         except ValueError as exn:
-            tracker.skip(url, key, "unreadable json", f"{type(exn).__name__}: {exn}")
+            tracker.skip(url, key, "unreadable json", _describe(exn))
             return None
         if not isinstance(meta, dict) or CAPTION_FIELD not in meta:
             return f"has no '{CAPTION_FIELD}' in its json", f"no '{CAPTION_FIELD}' in the json"
@@ -272,7 +271,7 @@ class ImageTextShards(IterableDataset):
                 with Image.open(io.BytesIO(sample[IMAGE_KEY])) as raw:
                     image = raw.convert("RGB")
             except (OSError, SyntaxError, ValueError) as exn:
-                tracker.skip(sample["__url__"], sample["__key__"], "corrupt image", f"{type(exn).__name__}: {exn}")
+                tracker.skip(sample["__url__"], sample["__key__"], "corrupt image", _describe(exn))
                 continue
             image = self.vis_processor(image)
             yield {"image": image, "text_input": sample["text_input"], "skipped": tracker.take_unreported()}
@@ -284,6 +283,11 @@ class ImageTextShards(IterableDataset):
         for batch in batches:
             if pairs := list(decode(iter(batch))):
                 yield default_collate(pairs)
+
+
+def _describe(exn: Exception) -> str:
+    """``Type: message``, without the address of the in-memory file PIL names."""
+    return f"{type(exn).__name__}: {re.sub(r' <_io.BytesIO object at 0x[0-9a-f]+>', '', str(exn))}"
 
 
 def _format_error(name: str, url: str, wrong: list[tuple[dict[str, Any], str, str]]) -> str:

@@ -5,9 +5,10 @@ data that gives nothing. ``SkipTracker`` counts what a stream skips and decides 
 
 * warnings are rate-limited: the first ``WARN_FIRST`` skips are named one by one, after that one
   line every ``WARN_EVERY_S`` seconds gives the count and the shards they came from;
-* the share of skipped samples among those read from the last ``WINDOW_SHARDS`` shards above
-  ``run.max_skip_fraction`` stops the stream (``SkipFractionError``); a window of shards, not of
-  samples, so that one bad shard among many good ones is survived whatever the shard size;
+* the share of skipped samples among those judged (skipped or handed out) while the last
+  ``WINDOW_SHARDS`` shards were read, above ``run.max_skip_fraction``, stops the stream
+  (``SkipFractionError``); a window of shards, not of samples, so that one bad shard among many
+  good ones is survived whatever the shard size;
 * ``MAX_UNUSABLE_SHARDS_IN_A_ROW`` shards in a row that give no sample at all (empty tars,
   unreadable files, a failing ``pipe:`` command) stop it (``ShardStreamError``).
 
@@ -63,11 +64,12 @@ class SkipTracker:
         self.held = Counter()  # (shard, kind) -> skips not yet in a warning
         self.last_warning = clock()
         self.window_shards = 0
-        self.window_read = 0
+        self.window_kept = 0
         self.window_skipped = 0
         self.window_where: Counter = Counter()
         self.details: dict[tuple[str, str], str] = {}  # the last detail of each (shard, kind)
         self.unusable: list[tuple[str, str]] = []  # (shard, why) of the shards in a row with no sample
+        self.named_shards: set[str] = set()  # shards without samples warned about by name
 
     def skip(self, url: str | None, key: str | None, kind: str, detail: str) -> None:
         """One sample ``key`` of shard ``url`` skipped: ``kind`` is a short category ("corrupt
@@ -105,11 +107,9 @@ class SkipTracker:
 
     def take_unreported(self) -> int:
         """The skips since the previous call, for the sample about to be handed out."""
+        self.window_kept += 1
         count, self.unreported = self.unreported, 0
         return count
-
-    def sample_read(self) -> None:
-        self.window_read += 1
 
     def shard_done(self, url: str, samples: int, problem: str | None) -> None:
         """Shard ``url`` was read to its end and gave ``samples`` samples; ``problem`` says what went
@@ -134,8 +134,9 @@ class SkipTracker:
 
     def skip_shard(self, url: str, why: str) -> None:
         self.details[url, "shard without samples"] = why
-        if self.named < WARN_FIRST:
+        if self.named < WARN_FIRST and url not in self.named_shards:
             self.named += 1
+            self.named_shards.add(url)
             logger.warning("%s: shard %s gave no sample: %s", self.name, url, why)
             self.last_warning = self.clock()
             return
@@ -143,12 +144,12 @@ class SkipTracker:
         self.warn_held()
 
     def close_window(self) -> None:
-        read, skipped = self.window_read, self.window_skipped
-        if read and skipped / read > self.max_fraction:
+        judged, skipped = self.window_kept + self.window_skipped, self.window_skipped
+        if judged and skipped / judged > self.max_fraction:
             raise SkipFractionError(
-                f"{self.name}: {skipped} of the {read} samples read from the last {self.window_shards} shards were "
-                f"skipped ({skipped / read:.0%}, above run.max_skip_fraction {self.max_fraction:g}); most from "
+                f"{self.name}: {skipped} of {judged} samples were skipped while the last {self.window_shards} shards "
+                f"were read ({skipped / judged:.0%}, above run.max_skip_fraction {self.max_fraction:g}); most from "
                 f"{_top(self.window_where, self.details)}. Check the shards with dataset/check_data.py"
             )
-        self.window_shards = self.window_read = self.window_skipped = 0
+        self.window_shards = self.window_kept = self.window_skipped = 0
         self.window_where.clear()
