@@ -14,7 +14,13 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
+from omegaconf import OmegaConf
 from tiny_assets import REPO_ROOT, STAGE1_TINY, STAGE2_TINY, quickstart, tiny_path_options, tiny_root
+
+from minigpt4.common.config import ConfigError
+from minigpt4.common.schema import RunConfig
+from minigpt4.runners.runner_base import RunnerBase
 
 # Stage 1's log before the first step (the config and the model's start-up) is about 6 kB.
 BOUNDED_LOG = 30_000
@@ -147,3 +153,10 @@ def test_stage2_names_the_line_of_bad_json_and_explains_a_bare_list(tmp_path):
     assert result.returncode != 0
     assert "holds a bare list of" in line_with('{"annotations": [...]}', result.stderr)
     assert "Start training" not in result.stderr
+
+
+def test_max_skip_fraction_is_checked_at_start_up():
+    for value in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match=rf"run.max_skip_fraction must be between 0 and 1, got {value}"):
+            RunnerBase.check_config(OmegaConf.structured(RunConfig(max_skip_fraction=value)))
+    RunnerBase.check_config(OmegaConf.structured(RunConfig(max_skip_fraction=1.0)))

@@ -45,6 +45,7 @@ from minigpt4.common.checkpoint import (
     set_rng_state,
     trainable_state_dict,
 )
+from minigpt4.common.config import ConfigError
 from minigpt4.common.device import accelerator_name, autocast, autocast_dtype, parse_dtype
 from minigpt4.common.dist_utils import (
     all_gather_object,
@@ -247,7 +248,7 @@ class RunnerBase:
                 f"run.length_grouping must be 0 (off) or a number of batches, got {run_cfg.length_grouping}"
             )
         if not 0.0 <= run_cfg.max_skip_fraction <= 1.0:
-            raise ValueError(f"run.max_skip_fraction must be between 0 and 1, got {run_cfg.max_skip_fraction}")
+            raise ConfigError(f"run.max_skip_fraction must be between 0 and 1, got {run_cfg.max_skip_fraction}")
         accum = run_cfg.accum_grad_iters
         if run_cfg.iters_per_epoch % accum or run_cfg.checkpoint_interval % accum:
             raise ValueError(
