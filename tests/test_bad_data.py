@@ -112,7 +112,7 @@ def test_a_few_samples_without_json_are_skipped_and_counted(tmp_path):
     lines = [line for line in result.stderr.splitlines() if "train: step=" in line]
     skipped = [int(re.search(r" skipped=(\d+) ", line).group(1)) for line in lines]
     assert len(skipped) == 2 and sum(skipped) > 0, lines
-    assert f"skipped sample '{samples[5][0]}' of {shard}: no .json (has no json)" in result.stderr
+    assert f"skipped sample '{samples[5][0]}' of {shard}: no .json (it has: jpg, txt)" in result.stderr
     (job,) = (tmp_path / "out").iterdir()
     epoch = json.loads((job / "log.txt").read_text().splitlines()[-1])
     assert epoch["skipped_samples"] == sum(skipped)

@@ -221,7 +221,7 @@ class ImageTextShards(IterableDataset):
                 parsed = self._parse(sample, url, key, tracker)
                 if isinstance(parsed, tuple):  # a sample in the wrong layout
                     if usable:
-                        tracker.skip(url, key, parsed[1], parsed[0])
+                        tracker.skip(url, key, parsed[1], _keys_of(sample))
                         continue
                     wrong_layout.append((sample, *parsed))
                     if len(wrong_layout) >= FORMAT_PROBE:
@@ -230,8 +230,8 @@ class ImageTextShards(IterableDataset):
                 if parsed is None:
                     continue
                 if not usable:
-                    for skipped, problem, kind in wrong_layout:
-                        tracker.skip(url, skipped.get("__key__"), kind, problem)
+                    for skipped, _, kind in wrong_layout:
+                        tracker.skip(url, skipped.get("__key__"), kind, _keys_of(skipped))
                 usable += 1
                 yield parsed
             if wrong_layout and not usable:
@@ -283,6 +283,10 @@ class ImageTextShards(IterableDataset):
         for batch in batches:
             if pairs := list(decode(iter(batch))):
                 yield default_collate(pairs)
+
+
+def _keys_of(sample: dict[str, Any]) -> str:
+    return "it has: " + (", ".join(sorted(k for k in sample if not k.startswith("__"))) or "nothing")
 
 
 def _describe(exn: Exception) -> str:
