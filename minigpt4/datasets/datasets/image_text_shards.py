@@ -297,10 +297,11 @@ def _describe(exn: Exception) -> str:
 def _format_error(name: str, url: str, wrong: list[tuple[dict[str, Any], str, str]]) -> str:
     """The wrong-layout message: what the shard's first sample lacked and the keys it has."""
     sample, problem, _ = wrong[0]
-    keys = sorted(k for k in sample if not k.startswith("__"))
-    others = f", and so do the first {len(wrong)} samples of the shard" if len(wrong) > 1 else ""
+    where = f"sample '{sample.get('__key__')}' in shard {url}"
+    if len(wrong) > 1:
+        where = f"the first {len(wrong)} samples of shard {url} are in another layout: sample '{sample.get('__key__')}'"
     return (
-        f"{name}: sample '{sample.get('__key__')}' in shard {url} {problem}; it has: {', '.join(keys) or 'nothing'}"
-        f"{others}. Each sample needs <key>.{IMAGE_KEY} and <key>.{META_KEY} with a '{CAPTION_FIELD}' "
-        f"(img2dataset's webdataset output); run dataset/check_data.py on the shards."
+        f"{name}: {where} {problem}; {_keys_of(sample)}. Each sample needs <key>.{IMAGE_KEY} and "
+        f"<key>.{META_KEY} with a '{CAPTION_FIELD}' (img2dataset's webdataset output); run dataset/check_data.py "
+        "on the shards."
     )
