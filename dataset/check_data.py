@@ -7,7 +7,7 @@
 
 For shards it opens every tar (or the first ``--max-shards``), counts samples and reports samples
 without ``.jpg`` or ``.json``, jsons without a ``caption`` string, images that do not decode,
-shards that are missing or broken, and sample counts that disagree with img2dataset's
+shards that are missing, empty or broken, and sample counts that disagree with img2dataset's
 ``NNNNN_stats.json``. For a ``cc_sbu_align`` folder it checks ``filter_cap.json`` and that every
 ``image/<image_id>.jpg`` exists and decodes. Both print caption-length statistics (words; stage 1
 keeps the first 50 of a cleaned caption). The exit status is 0 when nothing is wrong, 1 when a
@@ -95,7 +95,7 @@ def _expected_count(url: str) -> int | None:
 
 
 def check_shard(url: str, report: Report) -> None:
-    count = 0
+    count, broken_before = 0, report.problems["broken shard"]
 
     def broken(exn: Exception) -> bool:
         report.problem("broken shard", f"{url} ({type(exn).__name__}: {exn})")
@@ -120,6 +120,8 @@ def check_shard(url: str, report: Report) -> None:
             continue
         report.caption(meta["caption"], where)
     report.samples += count
+    if not count and not report.problems["broken shard"] - broken_before:
+        report.problem("empty shard", f"{url} holds no samples (training stops on shards like this)")
     expected = _expected_count(url) if _is_local(url) else None
     if expected is not None and expected != count:
         report.problem("count differs from _stats.json", f"{url} has {count} samples, its stats say {expected}")
@@ -134,13 +136,15 @@ def shard_urls(path: str) -> list[str]:
 def check_shards(path: str, max_shards: int | None) -> Report:
     urls = shard_urls(path)
     report = Report(f"shards {path}", word_limit=STAGE1_MAX_WORDS)
-    checked = urls[:max_shards] if max_shards else urls
-    report.notes.append(f"{len(checked)} of {len(urls)} shards checked")
-    for url in checked:
-        if _is_local(url) and not Path(url).is_file():
-            report.problem("missing shard", url)
-            continue
-        check_shard(url, report)
+    chosen = urls[:max_shards] if max_shards else urls
+    missing = [url for url in chosen if _is_local(url) and not Path(url).is_file()]
+    for url in missing:
+        report.problem("missing shard", url)
+    for url in chosen:
+        if url not in missing:
+            check_shard(url, report)
+    note = f"{len(chosen) - len(missing)} of {len(urls)} shards checked"
+    report.notes.append(note + (f" ({len(missing)} of those chosen are missing)" if missing else ""))
     if not report.samples:
         report.problem("no samples", path)
     return report
@@ -148,11 +152,26 @@ def check_shards(path: str, max_shards: int | None) -> Report:
 
 def check_align(folder: Path) -> Report:
     report = Report(f"cc_sbu_align {folder}")
+    path = folder / "filter_cap.json"
     try:
-        annotations = json.loads((folder / "filter_cap.json").read_text(encoding="utf-8"))["annotations"]
-    except (ValueError, KeyError, TypeError) as exn:
-        report.problem("unreadable filter_cap.json", f"{folder / 'filter_cap.json'} ({type(exn).__name__}: {exn})")
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exn:
+        report.problem("unreadable filter_cap.json", f"{path}: {exn.msg} at line {exn.lineno}, column {exn.colno}")
         return report
+    except UnicodeDecodeError as exn:
+        report.problem("unreadable filter_cap.json", f"{path} is not UTF-8 text (byte {exn.start})")
+        return report
+    if isinstance(content, list):
+        report.problem(
+            "unreadable filter_cap.json",
+            f'{path} holds a bare list of {len(content)} entries; it must be {{"annotations": [...]}}',
+        )
+        return report
+    if not isinstance(content, dict) or "annotations" not in content:
+        found = f"keys {sorted(content)}" if isinstance(content, dict) else f"a {type(content).__name__}"
+        report.problem("unreadable filter_cap.json", f"{path} has no 'annotations' (it holds {found})")
+        return report
+    annotations = content["annotations"]
     if not isinstance(annotations, list):
         report.problem("unreadable filter_cap.json", f"'annotations' must be a list, not {type(annotations).__name__}")
         return report
@@ -202,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for path in args.paths:
         kind = kind_of(path)
+        if kind is None and _is_local(path) and "{" not in path and not Path(path).exists():
+            print(f"{path}: does not exist")
+            status = max(status, 2)
+            continue
         if kind is None:
             print(f"{path}: neither a cc_sbu_align folder (filter_cap.json) nor webdataset shards (.tar)")
             status = max(status, 2)

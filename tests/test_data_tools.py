@@ -121,6 +121,7 @@ def test_checker_reports_broken_shards(data, tmp_path, capsys):
         },
     )
     (folder / "00002.tar").write_bytes((folder / "00002.tar").read_bytes()[:612])  # cut inside the first image
+    write_shard(folder / "00003.tar", {})
     status, out = check(capsys, folder)
     assert status == 1
     assert "PROBLEMS:" in out
@@ -130,11 +131,13 @@ def test_checker_reports_broken_shards(data, tmp_path, capsys):
     assert "empty caption: sample 'd'" in out
     assert f"count differs from _stats.json: {folder / '00001.tar'} has 4 samples, its stats say 20" in out
     assert f"broken shard: {folder / '00002.tar'} (ReadError: unexpected end of data" in out
+    assert f"empty shard: {folder / '00003.tar'} holds no samples" in out
 
 
 def test_checker_reports_missing_shards_and_limits_the_shards(data, capsys):
-    status, out = check(capsys, data / "laion" / "{00000..00004}.tar")
+    status, out = check(capsys, data / "laion" / "{00000..00009}.tar")
     assert status == 1 and f"missing shard: {data / 'laion' / '00003.tar'}" in out
+    assert "3 of 10 shards checked (7 of those chosen are missing)" in out and "7 x missing shard" in out
     assert check_data.main([str(data / "laion"), "--max-shards", "1"]) == 0
     assert "1 of 3 shards checked" in capsys.readouterr().out
 
@@ -155,6 +158,12 @@ def test_checker_reports_a_broken_align_folder(data, tmp_path, capsys):
     (folder / "filter_cap.json").write_text("{}")
     status, out = check(capsys, folder)
     assert status == 1 and "unreadable filter_cap.json" in out
+    (folder / "filter_cap.json").write_text('[{"image_id": "1", "caption": "x"}]')
+    status, out = check(capsys, folder)
+    assert status == 1 and 'filter_cap.json holds a bare list of 1 entries; it must be {"annotations": [...]}' in out
+    (folder / "filter_cap.json").write_text('{"annotations": [\n  {"image_id": 1,}\n]}')
+    status, out = check(capsys, folder)
+    assert status == 1 and "filter_cap.json: Expecting property name enclosed in double quotes at line 2, col" in out
     (folder / "filter_cap.json").write_text('{"annotations": 5}')
     status, out = check(capsys, folder)
     assert status == 1 and "unreadable filter_cap.json: 'annotations' must be a list, not int" in out
@@ -162,7 +171,8 @@ def test_checker_reports_a_broken_align_folder(data, tmp_path, capsys):
 
 def test_checker_rejects_what_is_neither(tmp_path, capsys):
     status, out = check(capsys, tmp_path, tmp_path / "nothing")
-    assert status == 2 and out.count("neither a cc_sbu_align folder") == 2
+    assert status == 2 and out.count("neither a cc_sbu_align folder") == 1
+    assert f"{tmp_path / 'nothing'}: does not exist" in out
 
 
 def run_script(args, cwd, env=None) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from dataset.make_synthetic import PHOTOS, make_synthetic
 from minigpt4.common.schema import DatasetConfig, RunConfig
 from minigpt4.datasets.builders import build_datasets
-from minigpt4.datasets.datasets.cc_sbu_dataset import CCSBUAlignDataset
+from minigpt4.datasets.datasets.cc_sbu_dataset import AnnotationError, CCSBUAlignDataset, MissingDataError
 from minigpt4.datasets.datasets.dataloader_utils import IterLoader, build_train_loader
 from minigpt4.processors import Blip2ImageEvalProcessor
 
@@ -71,9 +71,10 @@ def copy_of(align: Path, tmp_path: Path, annotations=None) -> Path:
 
 def test_missing_and_unreadable_images_name_path_and_id(align, tmp_path):
     folder = copy_of(align, tmp_path)
+    dataset = CCSBUAlignDataset(Blip2ImageEvalProcessor(8), folder)
+    # Gone or broken after the start-up check: named when the sample is reached.
     (folder / "image" / "5.jpg").unlink()
     (folder / "image" / "6.jpg").write_bytes(b"not a jpeg")
-    dataset = CCSBUAlignDataset(Blip2ImageEvalProcessor(8), folder)
     missing = folder / "image" / "5.jpg"
     with pytest.raises(
         FileNotFoundError, match=re.escape(f"image of image_id '5' (annotation 5) not found: {missing}")
@@ -85,9 +86,10 @@ def test_missing_and_unreadable_images_name_path_and_id(align, tmp_path):
 
 def test_missing_image_fails_from_a_worker_process(align, tmp_path):
     folder = copy_of(align, tmp_path)
+    dataset = build(folder)
     for image in (folder / "image").iterdir():
         image.unlink()
-    loader = build_train_loader({"cc_sbu_align": {"train": build(folder)}}, run_cfg(num_workers=1))
+    loader = build_train_loader({"cc_sbu_align": {"train": dataset}}, run_cfg(num_workers=1))
     try:
         next(loader)
     except FileNotFoundError as exn:
@@ -102,7 +104,11 @@ def test_missing_image_fails_from_a_worker_process(align, tmp_path):
 @pytest.mark.parametrize(
     ("content", "error"),
     [
-        ({"images": []}, r"must hold \{'annotations'"),
+        ({"images": []}, r"must hold \{'annotations'.*; it has keys \['images'\]"),
+        (
+            [{"image_id": "1", "caption": "x"}],
+            r"filter_cap.json holds a bare list of 1 entries; .* \{\"annotations\": ",
+        ),
         ({"annotations": [{"image_id": "1"}]}, r"annotation 0 of .*filter_cap.json needs 'image_id' and a 'caption'"),
         ({"annotations": [{"caption": "x"}]}, "annotation 0 of"),
     ],
@@ -110,6 +116,34 @@ def test_missing_image_fails_from_a_worker_process(align, tmp_path):
 def test_malformed_annotations(align, tmp_path, content, error):
     with pytest.raises(ValueError, match=error):
         CCSBUAlignDataset(Blip2ImageEvalProcessor(8), copy_of(align, tmp_path, content))
+
+
+def test_bad_json_is_named_with_its_line_and_column(align, tmp_path):
+    folder = copy_of(align, tmp_path)
+    (folder / "filter_cap.json").write_text(
+        '{"annotations": [\n  {"image_id": "1", "caption": "x"},\n  {"image_id": 2\n]}'
+    )
+    with pytest.raises(AnnotationError) as info:
+        build(folder)
+    assert str(info.value) == (
+        f"cc_sbu_align: {folder / 'filter_cap.json'} is not valid JSON: Expecting ',' delimiter at line 4, column 1"
+    )
+
+
+def test_missing_and_empty_images_are_refused_when_built(align, tmp_path):
+    folder = copy_of(align, tmp_path)
+    for image_id in (2, 3, 7, 9):
+        (folder / "image" / f"{image_id}.jpg").unlink()
+    (folder / "image" / "4.jpg").write_bytes(b"")
+    with pytest.raises(MissingDataError) as info:
+        build(folder)
+    image = folder / "image"
+    assert str(info.value) == (
+        f"cc_sbu_align: 5 of the 24 images listed in {folder / 'filter_cap.json'} are missing or empty: "
+        f"image_id '2': {image / '2.jpg'} does not exist; image_id '3': {image / '3.jpg'} does not exist; "
+        f"image_id '4': {image / '4.jpg'} is empty (0 bytes) and 2 more. "
+        f"dataset/check_data.py {folder} lists them all"
+    )
 
 
 def test_missing_folder_or_annotation_file(align, tmp_path):

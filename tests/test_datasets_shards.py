@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import tarfile
+import unittest
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from minigpt4.common.schema import DatasetConfig, RunConfig
 from minigpt4.datasets.builders import build_datasets
 from minigpt4.datasets.datasets.dataloader_utils import MultiIterLoader, build_train_loader
 from minigpt4.datasets.datasets.image_text_shards import ImageTextShards, ShardFormatError, resolve_shards
+from minigpt4.datasets.datasets.skip_tracking import WINDOW_SHARDS, ShardStreamError, SkipFractionError, SkipTracker
 from minigpt4.processors import Blip2ImageEvalProcessor, BlipCaptionProcessor
 
 CLEANED_CAPTIONS = {BlipCaptionProcessor()(c) for photo in PHOTOS for c in photo.captions}
@@ -147,11 +149,22 @@ def caption(text) -> bytes:
     return json.dumps({"caption": text}).encode()
 
 
-def stream_of(url: str) -> ImageTextShards:
-    return ImageTextShards([url], Blip2ImageEvalProcessor(8), BlipCaptionProcessor(), name="laion")
+def stream_of(*urls: str, max_skip_fraction: float = 1.0) -> ImageTextShards:
+    return ImageTextShards(
+        list(urls),
+        Blip2ImageEvalProcessor(8),
+        BlipCaptionProcessor(),
+        name="laion",
+        max_skip_fraction=max_skip_fraction,
+    )
 
 
-def test_corrupt_samples_are_skipped_warned_and_counted(tmp_path, caplog):
+def skip_kinds(dataset: ImageTextShards) -> set[tuple[str, str]]:
+    """(sample key or shard, kind) of every skip the latest iteration warned about or holds."""
+    return {(url, kind) for url, kind in dataset.tracker.details}
+
+
+def test_corrupt_samples_are_skipped_counted_and_handed_on(tmp_path, caplog):
     url = write_shard(
         tmp_path / "00000.tar",
         [
@@ -160,6 +173,8 @@ def test_corrupt_samples_are_skipped_warned_and_counted(tmp_path, caplog):
             {"key": "badjson", "jpg": jpeg(), "json": b"{caption"},
             {"key": "nullcaption", "jpg": jpeg(), "json": caption(None)},
             {"key": "truncated", "jpg": jpeg()[:60], "json": caption("Three.")},
+            {"key": "nojson", "jpg": jpeg(), "txt": b"no json here"},
+            {"key": "nocaption", "jpg": jpeg(), "json": json.dumps({"text": "x"}).encode()},
             {"key": "good2", "jpg": jpeg(), "json": caption("Four!")},
         ],
     )
@@ -167,36 +182,64 @@ def test_corrupt_samples_are_skipped_warned_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         samples = take(iter(dataset), 40)  # the one shard, read again and again
     assert {s["text_input"] for s in samples} == {"one", "four"}
-    # Two good and four bad samples per pass: about twice as many skipped as kept.
-    assert 40 < dataset.skipped < 130
-    assert f"skipped corrupt sample 'badimage' of {url} (UnidentifiedImageError" in caplog.text
-    assert "skipped corrupt sample 'badjson'" in caplog.text and "JSONDecodeError" in caplog.text
-    assert "skipped corrupt sample 'nullcaption'" in caplog.text and "caption is None" in caplog.text
-    assert "skipped corrupt sample 'truncated'" in caplog.text
-    assert f"{dataset.skipped} skipped so far here" in caplog.text
+    # Samples missing their json or caption after a good one are skipped like corrupt ones.
+    assert {kind for _, kind in skip_kinds(dataset)} == {
+        "corrupt image", "unreadable json", "caption not a string", "no .json", "no 'caption' in the json"
+    }  # fmt: skip
+    # Each sample handed out carries the skips since the previous one: together, all of them
+    # but those behind the last sample (still in the tracker).
+    assert sum(s["skipped"] for s in samples) + dataset.tracker.unreported == dataset.skipped > 40
+    assert f"laion: skipped sample 'badjson' of {url}: unreadable json (JSONDecodeError" in caplog.text
+    # The first few are named, the rest held for the once-a-minute summary.
+    assert len(caplog.records) == 5 and "later skips are counted, one warning a minute" in caplog.text
     # for_rank gives a copy with its own count.
     assert dataset.for_rank(1, 1).skipped == 0
 
 
-def test_a_corrupt_image_found_after_length_grouping_leaves_its_batch_one_short(tmp_path, caplog):
+def test_a_corrupt_image_found_after_length_grouping_leaves_its_batch_one_short(tmp_path):
     words = ["One.", "Two words.", "Three words here.", "Four words are here.", "And five words are here."]
     samples = [{"key": f"good{i}", "jpg": jpeg(), "json": caption(text)} for i, text in enumerate(words + words[:2])]
     url = write_shard(
         tmp_path / "00000.tar", [*samples, {"key": "badimage", "jpg": b"not a jpeg", "json": caption("x")}]
     )
     dataset = stream_of(url).grouped_by_length(4, 2)  # a pool of 8: one pass over the shard
-    with caplog.at_level(logging.WARNING):
-        batches = take(iter(dataset), 12)
+    batches = take(iter(dataset), 12)
     sizes = [len(b["text_input"]) for b in batches]
     assert set(sizes) == {3, 4} and dataset.skipped == sizes.count(3)
     assert all(b["image"].shape == (n, 3, 8, 8) for b, n in zip(batches, sizes, strict=True))
-    assert "skipped corrupt sample 'badimage'" in caplog.text
+    assert sum(int(b["skipped"].sum()) for b in batches) == dataset.skipped
+    assert skip_kinds(dataset) == {(url, "corrupt image")}
 
 
 def test_a_stream_of_unreadable_shards_stops(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError, match=r"laion: 100 shard reads failed in a row"):
+    with caplog.at_level(logging.WARNING), pytest.raises(ShardStreamError) as info:
         next(iter(stream_of(str(tmp_path / "gone.tar"))))
-    assert "skipped a broken shard or tar entry" in caplog.text and "gone.tar" in caplog.text
+    assert re.match(r"laion: 100 shards read in a row gave no sample: .*gone.tar \(FileNotFoundError", str(info.value))
+    # One shard, named once.
+    assert len(caplog.records) == 1 and "gone.tar gave no sample" in caplog.text
+
+
+def test_an_empty_tar_stops_the_stream_instead_of_spinning(tmp_path):
+    empty = write_shard(tmp_path / "empty.tar", [])
+    with pytest.raises(ShardStreamError, match=r"100 shards read in a row gave no sample: .*empty.tar \(an empty tar"):
+        next(iter(stream_of(empty)))
+    # Beside good shards, an empty one is skipped.
+    good = write_shard(tmp_path / "good.tar", [{"key": "k", "jpg": jpeg(), "json": caption("A cat.")}])
+    dataset = stream_of(empty, good)
+    assert {s["text_input"] for s in take(iter(dataset), 200)} == {"a cat"}
+    assert skip_kinds(dataset) == {(empty, "shard without samples")} and dataset.skipped == 0
+
+
+def test_a_shard_of_corrupt_images_stops_above_the_skip_fraction(tmp_path):
+    corrupt = [{"key": f"b{i}", "jpg": b"garbage", "json": caption("x")} for i in range(4)]
+    bad = write_shard(tmp_path / "bad.tar", corrupt)
+    with pytest.raises(SkipFractionError) as info:
+        next(iter(stream_of(bad, max_skip_fraction=0.2)))
+    message = str(info.value)
+    # Every sample judged was skipped, although the shuffle buffer holds back samples read.
+    assert re.match(r"laion: (\d+) of \1 samples were skipped while the last 20 shards were read \(100%", message)
+    assert f"above run.max_skip_fraction 0.2); most from {bad} (" in message
+    assert "x corrupt image: UnidentifiedImageError: cannot identify image file)" in message
 
 
 def test_samples_without_the_expected_keys_fail_naming_shard_sample_and_keys(tmp_path):
@@ -208,6 +251,59 @@ def test_samples_without_the_expected_keys_fail_naming_shard_sample_and_keys(tmp
     url = write_shard(tmp_path / "00008.tar", [{"key": "k", "jpg": jpeg(), "json": json.dumps({"text": "x"}).encode()}])
     with pytest.raises(ShardFormatError, match=r"sample 'k' in shard .*00008.tar has no 'caption' in its json"):
         next(iter(stream_of(url)))
+    # A big shard: its first samples decide, before any is handed out.
+    samples = [{"key": f"{i:04d}", "jpg": jpeg(), "txt": b"x"} for i in range(50)]
+    url = write_shard(tmp_path / "00009.tar", [*samples, {"key": "late", "jpg": jpeg(), "json": caption("x")}])
+    with pytest.raises(ShardFormatError, match=r"first 3 samples of shard .* another layout: sample '0000' has no"):
+        next(iter(stream_of(url)))
+
+
+def test_warnings_are_rate_limited():
+    now = [0.0]
+    tracker = SkipTracker("laion", 1.0, clock=lambda: now[0])
+    with assert_warnings() as records:
+        for i in range(1000):
+            now[0] = i * 0.5  # one skip every half second: 500 s in all
+            tracker.skip("a.tar" if i % 3 else "b.tar", f"k{i}", "corrupt image", "OSError: broken")
+    messages = [r.getMessage() for r in records.records]
+    assert len(messages) == 5 + 8  # the first five, then one a minute
+    assert messages[0] == "laion: skipped sample 'k0' of b.tar: corrupt image (OSError: broken)"
+    assert messages[5] == (
+        "laion: 120 more samples skipped in the last 60 s (125 since the start), from "
+        "a.tar (80 x corrupt image: OSError: broken), b.tar (40 x corrupt image: OSError: broken)"
+    )
+    assert tracker.total == 1000 and tracker.take_unreported() == 1000 and tracker.take_unreported() == 0
+
+
+def test_the_skip_fraction_is_judged_over_a_window_of_shards():
+    tracker = SkipTracker("cc_sbu", 0.2)
+    # One shard in 20 entirely corrupt is survived, window after window.
+    for _ in range(3):
+        for shard in range(WINDOW_SHARDS):
+            for key in range(10):
+                if shard == 7:
+                    tracker.skip(f"{shard}.tar", str(key), "corrupt image", "OSError")
+                else:
+                    tracker.take_unreported()
+            tracker.shard_done(f"{shard}.tar", 10, None)
+    assert tracker.total == 30
+    # Five in 20 are not: 25% > 20%, stopped when the window closes.
+    with pytest.raises(
+        SkipFractionError,
+        match=r"cc_sbu: 50 of 200 samples were skipped .* shards were read \(25%, above",
+    ):
+        for shard in range(WINDOW_SHARDS):
+            for key in range(10):
+                if shard < 5:
+                    tracker.skip(f"{shard}.tar", str(key), "no .json", "has no json")
+                else:
+                    tracker.take_unreported()
+            tracker.shard_done(f"{shard}.tar", 10, None)
+            assert shard < WINDOW_SHARDS - 1  # only the window's end decides
+
+
+def assert_warnings():
+    return unittest.TestCase().assertLogs("minigpt4.datasets.datasets.skip_tracking", logging.WARNING)
 
 
 def test_wrong_keys_fail_from_a_worker_process(tmp_path):

@@ -82,15 +82,19 @@ def check_ranks_agree_and_only_rank0_writes(tmp_path: Path, world_size: int) -> 
 
 
 def window_of_rank(rank: int, init_file: str, out: str) -> None:
-    """One rank of ``test_throughput_is_summed_over_ranks``: rank r reports (r + 1) * 10 tokens
-    and r + 1 samples for one iteration, then every rank reads the window."""
+    """One rank of ``test_throughput_is_summed_over_ranks``: rank r reports (r + 1) * 10 tokens,
+    r + 1 samples and a batch whose loader skipped r + 1 samples for one iteration, then every
+    rank reads the window."""
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         metrics = StepMetrics(torch.device("cpu"))
         n = rank + 1
-        metrics.update(torch.tensor(float(n)), tokens=10 * n, padded_tokens=12 * n, samples=n, lr=0.1, data_time=0.0)
+        skipped = torch.tensor([n, 0])  # a batch's ``skipped``: per sample, the skips before it
+        counts = {"tokens": 10 * n, "padded_tokens": 12 * n, "samples": n, "skipped": skipped}
+        metrics.update(torch.tensor(float(n)), **counts, lr=0.1, data_time=0.0)
         stats = metrics.read()
-        torch.save([stats.tokens, stats.padded_tokens, stats.samples, stats.loss, stats.iters], f"{out}{rank}.pt")
+        figures = [stats.tokens, stats.padded_tokens, stats.samples, stats.loss, stats.iters, stats.skipped]
+        torch.save(figures, f"{out}{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -99,8 +103,9 @@ def test_throughput_is_summed_over_ranks(tmp_path):
     out = str(tmp_path / "window")
     torch.multiprocessing.spawn(window_of_rank, args=(str(tmp_path / "init"), out), nprocs=2)
     for rank in range(2):
-        # Tokens, padded tokens and samples of both ranks; the mean loss of both; iterations per rank.
-        assert torch.load(f"{out}{rank}.pt") == [30.0, 36.0, 3.0, 1.5, 1]
+        # Tokens, padded tokens and samples of both ranks; the mean loss of both; iterations per
+        # rank; the skipped samples of both.
+        assert torch.load(f"{out}{rank}.pt") == [30.0, 36.0, 3.0, 1.5, 1, 3]
 
 
 def test_two_processes_on_one_node(tmp_path):

@@ -6,7 +6,7 @@ scripts can grep and parse it (``test/*.sh`` do):
 
     train: step=40/400 epoch=0 iter=40/200 loss=2.3456 grad_norm=0.8123 lr=1.000e-05 step_time=0.5120
     data_time=0.0030 samples/s=125.00 TokensPerSec=4321.0 TokensPerSec_padded=5678.0 mfu=0.4012
-    peak_mem_MiB=1234 nonfinite=0 eta=0:01:23
+    peak_mem_MiB=1234 nonfinite=0 skipped=0 eta=0:01:23
 
 (one line in the log). Every figure covers the iterations since the previous line, over all
 ranks: ``loss`` is the mean loss, ``grad_norm`` the mean total norm of the trainable parameters'
@@ -20,6 +20,8 @@ LLM input tokens processed (BOS + prompt + image query tokens + text, as the mod
 over the peak of all ranks' accelerators; ``n/a`` on a CPU, on an accelerator whose peak is not in
 ``flops.PEAK_FLOPS``, or for a model that does not count its FLOPs.
 ``peak_mem_MiB`` is the device's peak allocated memory (on CPU, the process's peak resident set).
+``skipped`` counts the samples the loaders skipped (corrupt images, samples without json or
+caption, broken tar entries); they reach the training process inside the batches (``skipped``).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class WindowStats:
     longest_nonfinite_run: int  # since the start of training
     grad_norm_sum: float = 0.0  # over the finite gradient norms of optimizer steps
     grad_norms: int = 0
+    skipped: int = 0  # samples the loaders skipped for the batches of the window
 
     @property
     def loss(self) -> float:
@@ -139,6 +142,7 @@ class WindowStats:
             longest_nonfinite_run=max(self.longest_nonfinite_run, other.longest_nonfinite_run),
             grad_norm_sum=self.grad_norm_sum + other.grad_norm_sum,
             grad_norms=self.grad_norms + other.grad_norms,
+            skipped=self.skipped + other.skipped,
         )
 
 
@@ -152,8 +156,9 @@ class StepMetrics:
     Per rank it sums the finite losses and counts them, counts non-finite losses and tracks the
     current and longest runs of consecutive ones (device tensors), sums the finite gradient norms
     of the optimizer steps and counts them (device tensors), and sums the real and padded
-    LLM tokens (tensors or ints, as the model returns them), the samples and the learning rate
-    (host numbers). The windows read during an epoch add up to the epoch's figures."""
+    LLM tokens and the samples the loaders skipped (tensors or ints, as the model and the batches
+    hold them), the samples and the learning rate (host numbers). The windows read during an
+    epoch add up to the epoch's figures."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -171,6 +176,7 @@ class StepMetrics:
         self._grad_norms.zero_()
         self._tokens: torch.Tensor | int = 0
         self._padded: torch.Tensor | int = 0
+        self._skipped: torch.Tensor | int = 0
         self._samples = 0
         self._iters = 0
         self._data_time = 0.0
@@ -185,7 +191,10 @@ class StepMetrics:
         samples: int,
         lr: float,
         data_time: float,
+        skipped: torch.Tensor | int = 0,
     ) -> None:
+        """``skipped``: a batch's ``skipped`` (a tensor (B,) from a stream, summed here on its
+        device) or a count."""
         loss = loss.detach().double()
         finite = torch.isfinite(loss)
         bad = (~finite).double()
@@ -194,6 +203,7 @@ class StepMetrics:
         self._longest = torch.maximum(self._longest, self._run)
         self._tokens = self._tokens + tokens
         self._padded = self._padded + padded_tokens
+        self._skipped = self._skipped + (skipped.sum() if torch.is_tensor(skipped) else skipped)
         self._samples += samples
         self._epoch_lr_sum += lr
         self._data_time += data_time
@@ -209,13 +219,16 @@ class StepMetrics:
         """All ranks must call this at the same iteration (it all-reduces)."""
         synchronize(self.device)
         elapsed = time.perf_counter() - self._t0
-        counts = [torch.as_tensor(x, device=self.device).double() for x in (self._tokens, self._padded, self._samples)]
+        counts = [
+            torch.as_tensor(x, device=self.device).double()
+            for x in (self._tokens, self._padded, self._samples, self._skipped)
+        ]
         # Every rank holds the same gradient norms (DDP averages the gradients), so their sum
         # and count both grow by the number of ranks and the mean is unchanged.
         sums = all_reduce(torch.cat([self._losses, self._grad_norms, torch.stack(counts)]))
         elapsed_t = torch.tensor(elapsed, dtype=torch.float64, device=self.device)
         maxes = all_reduce(torch.stack([self._longest, elapsed_t]), torch.distributed.ReduceOp.MAX)
-        loss_sum, finite, nonfinite, grad_norm_sum, grad_norms, tokens, padded, samples = sums.tolist()
+        loss_sum, finite, nonfinite, grad_norm_sum, grad_norms, tokens, padded, samples, skipped = sums.tolist()
         longest, elapsed = maxes.tolist()
         window = WindowStats(
             iters=self._iters,
@@ -230,6 +243,7 @@ class StepMetrics:
             longest_nonfinite_run=int(longest),
             grad_norm_sum=grad_norm_sum,
             grad_norms=int(grad_norms),
+            skipped=int(skipped),
         )
         self._epoch = self._epoch + window
         return window
@@ -248,6 +262,7 @@ class StepMetrics:
             "TokensPerSec": round(epoch.tokens_per_sec, 1),
             "TokensPerSec_padded": round(epoch.padded_tokens_per_sec, 1),
             "nonfinite_steps": epoch.nonfinite,
+            "skipped_samples": epoch.skipped,
         }
 
 
@@ -291,7 +306,7 @@ def format_step_line(
         f"samples/s={stats.samples_per_sec:.2f} TokensPerSec={stats.tokens_per_sec:.1f} "
         f"TokensPerSec_padded={stats.padded_tokens_per_sec:.1f} mfu={'n/a' if mfu is None else f'{mfu:.4f}'} "
         f"peak_mem_MiB={peak_mem_mib:.0f} "
-        f"nonfinite={stats.nonfinite} eta={eta}"
+        f"nonfinite={stats.nonfinite} skipped={stats.skipped} eta={eta}"
     )
 
 

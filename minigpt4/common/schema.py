@@ -223,6 +223,10 @@ class RunConfig:
     # sort them by text length and cut them into N batches of similar length, for less padding
     # (see datasets/datasets/length_grouping.py).
     length_grouping: int = 0
+    # A stream (laion, cc_sbu) skips corrupt samples and counts them (``skipped=`` in the step
+    # line); above this share of skipped samples among those read from a loader worker's last 20
+    # shards the run stops, naming the shards. 1.0: never stop for skips.
+    max_skip_fraction: float = 0.2
 
 
 @dataclass

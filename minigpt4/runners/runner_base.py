@@ -396,6 +396,8 @@ class RunnerBase:
             raise ConfigError(
                 f"run.length_grouping must be 0 (off) or a number of batches, got {run_cfg.length_grouping}"
             )
+        if not 0.0 <= run_cfg.max_skip_fraction <= 1.0:
+            raise ConfigError(f"run.max_skip_fraction must be between 0 and 1, got {run_cfg.max_skip_fraction}")
         accum = run_cfg.accum_grad_iters
         if run_cfg.iters_per_epoch % accum or run_cfg.checkpoint_interval % accum:
             raise ConfigError(
@@ -513,6 +515,7 @@ class RunnerBase:
                 "mfu": mfu,
                 "peak_mem_MiB": peak,
                 "nonfinite": stats.nonfinite,
+                "skipped": stats.skipped,
             }
             if tensorboard is not None:
                 tensorboard.add_scalars(step, {f"train/{k}": v for k, v in figures.items() if v is not None})
@@ -542,6 +545,7 @@ class RunnerBase:
                     tokens=out["tokens"],
                     padded_tokens=out["padded_tokens"],
                     samples=samples["image"].shape[0],
+                    skipped=samples.get("skipped", 0),
                     lr=lr,
                     data_time=data_time,
                 )

@@ -13,7 +13,10 @@ batches also carry ``image_id``, a tensor (B,)). Everything random here is seede
 * ``MultiIterLoader`` picks which dataset gives the next whole batch with weights ``sample_ratio``
   (stage 1: laion 115, cc_sbu 14), as the reference does;
 * ``run.length_grouping`` > 0 makes each dataset's batches of texts of similar length
-  (``length_grouping.py``), seeded like the rest.
+  (``length_grouping.py``), seeded like the rest;
+* a stream's batches carry ``skipped``, a tensor (B,) whose sum is the samples its worker skipped
+  since its previous batch, and a stream's worker hands on its errors as items that
+  ``StreamLoader`` raises here, in the training process, with their one-line message intact.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
 
 from minigpt4.common.device import resolve_device
-from minigpt4.datasets.datasets.image_text_shards import ImageTextShards, name_id, stream_seed
+from minigpt4.datasets.datasets.image_text_shards import STREAM_ERROR, ImageTextShards, name_id, stream_seed
 from minigpt4.datasets.datasets.length_grouping import LengthGroupedBatchSampler
 
 Batch = dict[str, Any]
@@ -55,6 +58,31 @@ class IterLoader:
                     sampler.set_epoch(self.epoch)
             self._iter = iter(self.loader)
             return next(self._iter)
+
+
+def collate_stream(samples: list[Batch]) -> Batch:
+    """``default_collate``, except that a worker's error item (``STREAM_ERROR``) is passed on alone."""
+    for sample in samples:
+        if STREAM_ERROR in sample:
+            return sample
+    return default_collate(samples)
+
+
+class StreamLoader:
+    """Batches of a stream's DataLoader; raises the error a worker handed on in place of one."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self._iter = iter(loader)
+
+    def __iter__(self) -> StreamLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self._iter)
+        if STREAM_ERROR in batch:
+            raise batch[STREAM_ERROR]
+        return batch
 
 
 class MultiIterLoader:
@@ -95,10 +123,10 @@ def _build_loader(
         "generator": _loader_generator(seed, rank, name),
     }
     if isinstance(dataset, ImageTextShards):
-        stream = dataset.for_rank(seed, rank)
+        stream = dataset.for_rank(seed, rank, run_cfg.max_skip_fraction)
         if grouping:  # the stream gives whole batches
-            return iter(DataLoader(stream.grouped_by_length(batch_size, grouping), batch_size=None, **common))
-        return iter(DataLoader(stream, batch_size=batch_size, **common))
+            return StreamLoader(DataLoader(stream.grouped_by_length(batch_size, grouping), batch_size=None, **common))
+        return StreamLoader(DataLoader(stream, batch_size=batch_size, collate_fn=collate_stream, **common))
     if isinstance(dataset, IterableDataset):
         raise TypeError(f"{name}: iterable datasets other than ImageTextShards cannot be seeded per rank")
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
@@ -130,7 +158,7 @@ def build_train_loader(
 
     ``datasets`` is ``{name: {split: dataset}}`` as the builders return it; the splits in
     ``run.train_splits`` are used. From ``run_cfg`` it reads ``batch_size_train``, ``num_workers``,
-    ``train_splits``, ``length_grouping`` and ``device`` (memory is pinned only for an
+    ``train_splits``, ``length_grouping``, ``max_skip_fraction`` and ``device`` (memory is pinned only for an
     accelerator). ``seed`` seeds every random draw of the stream (None: ``run.seed``); the runner
     passes ``run.seed`` plus the global step the stream starts at, so that a resumed run reads the
     batches the uninterrupted one read."""
