@@ -256,7 +256,9 @@ class StageTimes(logging.Handler):
         message = record.getMessage()
         if message.startswith(STAGES):
             anon = round(proc_status()["RssAnon"] / GB, 2)
-            self.marks.append({"at_s": round(time.perf_counter() - self.start, 1), "anon_gb": anon, "log": message[:48]})
+            self.marks.append(
+                {"at_s": round(time.perf_counter() - self.start, 1), "anon_gb": anon, "log": message[:48]}
+            )
 
 
 def proc_io() -> dict[str, int]:
