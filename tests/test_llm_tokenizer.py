@@ -54,6 +54,7 @@ def test_missing_tokenizer_is_refused_by_train_before_the_model_loads(golden_dir
     message = str(error.value)
     assert "\n" not in message
     assert f"{folder / 'tokenizer.model'}" in message and "there is no tokenizer.model" in message
+    assert any(entry.name == "check_inputs" for entry in error.traceback)  # the start-up check, not the load
     logged = [record.getMessage() for record in caplog.records]
     assert not any(line.startswith(("Loading VIT", "Start training")) for line in logged), logged
 

@@ -152,7 +152,9 @@ def _inspect_tokenizer(folder: Path) -> tuple[TokenizerReport, LlamaTokenizer | 
     folder = Path(folder)
     model_file, fast_file = folder / TOKENIZER_FILE, folder / FAST_TOKENIZER_FILE
     report = TokenizerReport(folder, model_file if model_file.is_file() or not fast_file.is_file() else fast_file)
-    config = _read_json(folder / "config.json")
+    # A folder of tokenizer files only (the benchmark's) is checked without the config's part.
+    has_config = (folder / "config.json").is_file()
+    config = _read_json(folder / "config.json") if has_config else {}
     report.config_vocab_size = config.get("vocab_size")
     report.config_ids = _special_ids(config)
     if (folder / "generation_config.json").is_file():
@@ -173,6 +175,8 @@ def _inspect_tokenizer(folder: Path) -> tuple[TokenizerReport, LlamaTokenizer | 
         )
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in report.encodings["###"]:
         report.problems.append(f"it encodes '###' with <unk> ({report.encodings['###']}), so no answer could stop")
+    if not has_config:
+        return report, tokenizer
     rows = report.config_vocab_size
     if not isinstance(rows, int) or not report.vocab_size <= rows <= report.vocab_size + VOCAB_SURPLUS:
         report.problems.append(f"it has {report.vocab_size} tokens but config.json has vocab_size {rows}")
