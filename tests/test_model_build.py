@@ -151,8 +151,8 @@ def test_registry_and_default_config_path():
     model_config(default.model)  # every key of the default YAML is a schema key
     assert default.preprocess.vis_processor.train.name == "blip2_image_train"
     assert default.preprocess.vis_processor.eval.image_size == 224
-    with pytest.raises(UnknownNameError, match="pretrain_vicuna"):
-        MiniGPT4.default_config_path("pretrain_llama2")
+    with pytest.raises(UnknownNameError, match="valid: pretrain_llama2, pretrain_vicuna, pretrain_vicuna0"):
+        MiniGPT4.default_config_path("pretrain_llama3")
 
 
 def test_prompts_read_from_the_repository(tokenizer):

@@ -54,9 +54,11 @@ from minigpt4.models.eva_vit import build_eva_vit, report_vit_keys
 from minigpt4.models.llm import build_llama, check_llama_tokenizer, llama_folder, llama_size_name, read_llama_config
 from minigpt4.models.loaders import WeightLoadError, cache_dir, is_url
 from minigpt4.models.mini_gpt4 import (
+    PATCHES_PER_TOKEN,
     CheckpointTarget,
     MiniGPT4,
     check_minigpt4_checkpoint,
+    checkpoint_shape_explainer,
     model_config,
     trained_for,
 )
@@ -212,15 +214,24 @@ def fill_from_key_report(row: Row, key_report: Any, report: Report) -> None:
 
 def vision_shapes(model_cfg: Any) -> dict[str, Shape]:
     """{key: shape} of the vision side (``visual_encoder.*``, ``ln_vision.*``, ``Qformer.*``,
-    ``query_tokens``), under the model's names."""
+    ``query_tokens``; no Q-Former parts with ``has_qformer: False``), under the model's names."""
     with torch.device("meta"):
         vit = build_eva_vit(model_cfg.vit_arch, model_cfg.image_size, 0.0, False, torch.float32)
-        qformer, query_tokens = build_qformer(model_cfg.qformer_arch, model_cfg.num_query_token, vit.embed_dim)
+        if model_cfg.has_qformer:
+            qformer, query_tokens = build_qformer(model_cfg.qformer_arch, model_cfg.num_query_token, vit.embed_dim)
     shapes = {f"visual_encoder.{key}": tuple(value.shape) for key, value in vit.state_dict().items()}
     shapes.update({f"ln_vision.{name}": (vit.embed_dim,) for name in ("weight", "bias")})
-    shapes.update({f"Qformer.{key}": tuple(value.shape) for key, value in qformer.state_dict().items()})
-    shapes["query_tokens"] = tuple(query_tokens.shape)
+    if model_cfg.has_qformer:
+        shapes.update({f"Qformer.{key}": tuple(value.shape) for key, value in qformer.state_dict().items()})
+        shapes["query_tokens"] = tuple(query_tokens.shape)
     return shapes
+
+
+def projection_width(model_cfg: Any) -> int:
+    """The input width of ``llama_proj``: the Q-Former's, or 4 merged ViT patches without one."""
+    if model_cfg.has_qformer:
+        return model_cfg.qformer_arch.hidden_size
+    return PATCHES_PER_TOKEN * model_cfg.vit_arch.embed_dim
 
 
 # --- the files ------------------------------------------------------------------------------
@@ -448,16 +459,18 @@ def check_ckpt(cfg: Config, shapes: Mapping[str, Shape], hidden: int | None, rep
     row.ignored = len(header.shapes) - len(state)
     proj = header.shapes.get("llama_proj.weight")
     if header.metadata:
-        report.facts.append(f"projection: {header.file} was trained for {trained_for(header.metadata)}")
+        trained = trained_for(header.metadata, cfg.model_cfg.vit_arch.embed_dim)
+        report.facts.append(f"projection: {header.file} was trained for {trained}")
     if hidden is None:
         report.notes.append("projection: not checked against the LLM (its config.json is unusable)")
         shapes = {key: shape for key, shape in shapes.items() if not key.startswith("llama_")}
-        shapes["llama_proj.weight"] = (proj[0] if proj else 0, cfg.model_cfg.qformer_arch.hidden_size)
+        shapes["llama_proj.weight"] = (proj[0] if proj else 0, projection_width(cfg.model_cfg))
         shapes["llama_proj.bias"] = (shapes["llama_proj.weight"][0],)
     expected = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
     target = CheckpointTarget.of(model_config(cfg.model_cfg), hidden) if hidden is not None else None
+    explain = checkpoint_shape_explainer(cfg.model_cfg.has_qformer, cfg.model_cfg.vit_arch.embed_dim)
     try:
-        warnings = check_minigpt4_checkpoint(expected, state, header.file, header.metadata, target)
+        warnings = check_minigpt4_checkpoint(expected, state, header.file, header.metadata, target, explain=explain)
     except MiniGPT4Error as error:
         row.used, row.refused = 0, len(state)
         report.fail(row, one_line(error))
@@ -508,7 +521,9 @@ def check_config(cfg: Config) -> Report:
     report = Report()
     model_cfg = cfg.model_cfg
     shapes = vision_shapes(model_cfg)
-    if blip2_hf.names_transformers_blip2(model_cfg):
+    if not model_cfg.has_qformer:
+        check_vit(cfg, shapes, report)  # no Q-Former, no BLIP-2 file
+    elif blip2_hf.names_transformers_blip2(model_cfg):
         check_transformers_blip2(cfg, shapes, report)
     else:
         check_vit(cfg, shapes, report)
@@ -518,7 +533,7 @@ def check_config(cfg: Config) -> Report:
         check_tokenizer(folder, report)
     if hidden is not None:
         shapes = {**shapes, **llm_shapes}
-        width = model_cfg.qformer_arch.hidden_size
+        width = projection_width(model_cfg)
         shapes.update({"llama_proj.weight": (hidden, width), "llama_proj.bias": (hidden,)})
     check_ckpt(cfg, shapes, hidden, report)
     return report

@@ -10,7 +10,9 @@ Per training sample of MiniGPT-4 with a frozen LLM:
   cross-attention key/value projections, which apply to all ``T_v`` vision tokens and add
   ``2 * P_kv * T_v`` (the Q-Former is about 3% of the ViT);
 * projection (``llama_proj``, trainable): forward plus weight gradient, ``4 * P_proj * Q`` per image
-  (no input gradient: the Q-Former below it is frozen); about 0.1% of the ViT;
+  (no input gradient: the Q-Former below it is frozen); about 0.1% of the ViT. Without a Q-Former
+  (``has_qformer: False``) the Q-Former term is 0 and ``Q`` is the number of merged patch tokens
+  (64 at 224 px), whose projection (5632 -> 4096) is about 0.5% of the ViT;
 * LLM: ``4 * N`` per token, with ``N`` the weights of its matrix multiplies including the output
   head (the input embedding is a lookup). A frozen LLM still runs its backward pass through the
   activations, so that gradients reach the image tokens, but computes no weight gradients:
@@ -64,7 +66,7 @@ class FlopModel:
     vit_tokens: int
     qformer_matmul_params: int
     qformer_cross_kv_params: int
-    num_query_token: int
+    num_query_token: int  # image tokens given to the LLM (query tokens, or merged patches)
     llm_matmul_params: int
     llm_layers: int
     llm_hidden: int
@@ -107,22 +109,27 @@ def _is_cross_attention_kv(name: str) -> bool:
 
 
 def minigpt4_flop_model(model: nn.Module) -> FlopModel:
-    """The :class:`FlopModel` of a built MiniGPT-4 (``visual_encoder``, ``Qformer``, ``query_tokens``,
-    ``llama_proj``, ``llama_model``), counted from its modules; works on the meta device."""
+    """The :class:`FlopModel` of a built MiniGPT-4 (``visual_encoder``, ``Qformer`` (None without
+    one), ``num_image_tokens``, ``llama_proj``, ``llama_model``), counted from its modules; works on
+    the meta device."""
     vit, qformer, llm = model.visual_encoder, model.Qformer, model.llama_model
-    cross_kv = sum(
-        m.weight.numel()
-        for name, m in qformer.named_modules()
-        if isinstance(m, nn.Linear) and _is_cross_attention_kv(name)
+    cross_kv = (
+        sum(
+            m.weight.numel()
+            for name, m in qformer.named_modules()
+            if isinstance(m, nn.Linear) and _is_cross_attention_kv(name)
+        )
+        if qformer is not None
+        else 0
     )
     return FlopModel(
         vit_matmul_params=linear_weight_params(vit),
         vit_depth=len(vit.blocks),
         vit_width=vit.embed_dim,
         vit_tokens=vit.patch_embed.num_patches + vit.num_prefix_tokens,
-        qformer_matmul_params=linear_weight_params(qformer) - cross_kv,
+        qformer_matmul_params=linear_weight_params(qformer) - cross_kv if qformer is not None else 0,
         qformer_cross_kv_params=cross_kv,
-        num_query_token=model.query_tokens.shape[1],
+        num_query_token=model.num_image_tokens,
         llm_matmul_params=linear_weight_params(llm),
         llm_layers=llm.config.num_hidden_layers,
         llm_hidden=llm.config.hidden_size,

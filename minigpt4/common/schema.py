@@ -85,6 +85,13 @@ class ModelConfig:
     # with fp32, under the training run's autocast if it has one.
     llm_precision: str = "auto"
     freeze_vit: bool = True
+    # Upstream's later key. False (its LLaMA-2 variant): no Q-Former, no query tokens and no BLIP-2
+    # file; the ViT's patch tokens (class token dropped), in raster order, are merged four
+    # consecutive ones at a time (1 x 4 strips of a row) into one token of 4 x the ViT width, which
+    # llama_proj maps to the LLM (EVA ViT-g at 224 px: 256 patches -> 64 tokens of 5632).
+    # freeze_qformer, num_query_token, qformer_arch and q_former_model are then not used, and
+    # ln_vision, which only the BLIP-2 file held, keeps its initial weight 1 and bias 0, as upstream.
+    has_qformer: bool = True
     freeze_qformer: bool = True
     num_query_token: int = 32
     llama_model: str = ""
@@ -95,6 +102,11 @@ class ModelConfig:
     prompt_template: str = ""
     max_txt_len: int = 32
     end_sym: str = "\n"
+    # The LLM tokenizer's pad token (new key): "" is the reference's pad = </s>, which also masks
+    # every </s> of the text out of the loss; upstream's later LLaMA-2 configs use "$$" (an
+    # ordinary piece of the LLaMA vocabulary, id 3997), so that an end_sym "</s>" is trained. The
+    # token must be a single piece of the vocabulary; a "$$" inside a caption is then not trained.
+    pad_token: str = ""
     # 8-bit LLM (bitsandbytes, CUDA only) on GPU ``device_8bit``, vision tower on the CPU in fp32,
     # as the reference's demo; ``model.to(device)`` then moves the Q-Former and llama_proj only.
     low_resource: bool = False
@@ -118,6 +130,10 @@ class ProcessorConfig:
     max_scale: float | None = None
     prompt: str | None = None
     max_words: int | None = None
+    # blip2_image_train only (new key): "random_resized_crop" (the reference: a random crop of
+    # min_scale..max_scale of the area, resized) or "resize" (upstream's later processor: a plain
+    # bicubic square resize, the same as blip2_image_eval, which keeps boxes and captions aligned).
+    transform: str | None = None
 
 
 @dataclass

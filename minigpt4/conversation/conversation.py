@@ -11,6 +11,14 @@ The prompt the LLM sees for a first turn is::
     [image embeddings]</Img> {question}###Assistant:
 
 Only the first text segment gets ``<s>``; the image embeddings replace ``<ImageHere>``.
+
+``CONV_VISION_LLama2`` is upstream's later template for its LLaMA-2 MiniGPT-4 (``[INST] ... [/INST]``,
+answers ending at ``</s>``)::
+
+    <s>Give the following image: ... questions.<s>[INST] <Img>[image embeddings]</Img> {question} [/INST]
+
+The ``<s>`` written in the template is LLaMA's BOS token, so the prompt holds a second BOS after the
+system sentence, as upstream's does (LLaMA-2-chat starts every turn so).
 """
 
 from __future__ import annotations
@@ -59,10 +67,14 @@ class Conversation:
     sep2: str | None = None
     skip_next: bool = False
     conv_id: Any = None
+    # Upstream's later format: the roles carry their own punctuation and spacing ("<s>[INST] "), so
+    # a message is ``role + message + sep`` and a message still to come is the role alone.
+    roles_carry_punctuation: bool = False
 
     def get_prompt(self) -> str:
         """``system + sep``, then ``role: message + sep`` per message; a message still to come (None)
-        ends the prompt with ``role:``. TWO alternates ``sep`` and ``sep2``."""
+        ends the prompt with ``role:``. TWO alternates ``sep`` and ``sep2``. With
+        ``roles_carry_punctuation``: ``role + message + sep``, and ``role`` for one to come."""
         if self.sep_style == SeparatorStyle.SINGLE:
             seps = [self.sep, self.sep]
         elif self.sep_style == SeparatorStyle.TWO:
@@ -73,8 +85,17 @@ class Conversation:
             raise ValueError(f"invalid separator style: {self.sep_style}")
         prompt = self.system + seps[0]
         for i, (role, message) in enumerate(self.messages):
-            prompt += f"{role}: {message}{seps[i % 2]}" if message else f"{role}:"
+            if self.roles_carry_punctuation:
+                prompt += f"{role}{message}{seps[i % 2]}" if message else role
+            else:
+                prompt += f"{role}: {message}{seps[i % 2]}" if message else f"{role}:"
         return prompt
+
+    @property
+    def answer_marker(self) -> str:
+        """What precedes the assistant's text in the prompt (``Assistant:``, ``[/INST]``)."""
+        role = self.roles[1]
+        return role.strip() if self.roles_carry_punctuation else f"{role}:"
 
     def append_message(self, role: str, message: str | None) -> None:
         self.messages.append([role, message])
@@ -99,6 +120,7 @@ class Conversation:
             sep=self.sep,
             sep2=self.sep2,
             conv_id=self.conv_id,
+            roles_carry_punctuation=self.roles_carry_punctuation,
         )
 
     def dict(self) -> dict[str, Any]:
@@ -121,6 +143,28 @@ CONV_VISION = Conversation(
     offset=2,
     sep_style=SeparatorStyle.SINGLE,
     sep="###",
+)
+
+
+# Upstream's later templates (its LLaMA-2 MiniGPT-4 and the Vicuna v0 one under its later format).
+CONV_VISION_Vicuna0 = Conversation(
+    system=CONV_VISION.system,
+    roles=("Human: ", "Assistant: "),
+    messages=[],
+    offset=2,
+    sep_style=SeparatorStyle.SINGLE,
+    sep="###",
+    roles_carry_punctuation=True,
+)
+
+CONV_VISION_LLama2 = Conversation(
+    system=CONV_VISION.system,
+    roles=("<s>[INST] ", " [/INST] "),
+    messages=[],
+    offset=2,
+    sep_style=SeparatorStyle.SINGLE,
+    sep="",
+    roles_carry_punctuation=True,
 )
 
 
@@ -244,10 +288,18 @@ def load_image(image: str | Path | Image.Image) -> Image.Image:
         raise ValueError(f"{path} is too large to open safely ({err})") from err
 
 
-def postprocess_answer(text: str, sep: str = CONV_VISION.sep, role: str = CONV_VISION.roles[1]) -> str:
-    """The reference's clean-up: keep what comes before the first separator, then what follows the
-    last ``Assistant:``, stripped."""
-    return text.split(sep, maxsplit=1)[0].rsplit(f"{role}:", maxsplit=1)[-1].strip()
+def postprocess_answer(
+    text: str, sep: str = CONV_VISION.sep, role: str = CONV_VISION.roles[1], marker: str | None = None
+) -> str:
+    """The reference's clean-up: keep what comes before the first separator (if there is one), then
+    what follows the last ``marker`` (default ``{role}:``, e.g. ``Assistant:``), stripped."""
+    if sep:
+        text = text.split(sep, maxsplit=1)[0]
+    return text.rsplit(marker or f"{role}:", maxsplit=1)[-1].strip()
+
+
+def _postprocess(text: str, conv: Conversation) -> str:
+    return postprocess_answer(text, conv.sep, conv.roles[1], conv.answer_marker)
 
 
 def _without_partial_tail(text: str, sep: str) -> str:
@@ -281,9 +333,11 @@ class Chat:
         init_device(self.device)
 
     def stop_criterion(self, sep: str) -> StopOnSequences:
-        """The stop on ``sep`` (every way the tokenizer can spell it), derived once per separator."""
+        """The stop on ``sep`` (every way the tokenizer can spell it), derived once per separator.
+        A template without a separator (``CONV_VISION_LLama2``) stops on ``</s>``."""
         if sep not in self._stops:
-            self._stops[sep] = StopOnSequences(stop_sequences(self.tokenizer, sep))
+            sequences = stop_sequences(self.tokenizer, sep) if sep else [(self.tokenizer.eos_token_id,)]
+            self._stops[sep] = StopOnSequences(sequences)
         return self._stops[sep]
 
     def ask(self, text: str, conv: Conversation) -> None:
@@ -452,7 +506,7 @@ class Chat:
             conv.messages.pop()  # a failed answer leaves the conversation as it was
             raise
         ids = self._strip_leading(out[0])
-        text = postprocess_answer(self._decode(ids), conv.sep, conv.roles[1])
+        text = _postprocess(self._decode(ids), conv)
         conv.messages[-1][1] = text
         return text, ids.cpu().numpy()
 
@@ -493,7 +547,7 @@ class Chat:
         try:
             while (chunk := tokens.queue.get()) is not None:
                 ids.extend(chunk)
-                text = postprocess_answer(self._decode(self._strip_leading(ids)), conv.sep, conv.roles[1])
+                text = _postprocess(self._decode(self._strip_leading(ids)), conv)
                 conv.messages[-1][1] = text
                 partial = _without_partial_tail(text, conv.sep)
                 if partial != shown:

@@ -65,6 +65,9 @@ def checkpoint_metadata(state: Mapping[str, torch.Tensor], model_cfg: Mapping[st
         "llm_name": Path(str(llama_model).rstrip("/")).name if llama_model else None,
         "llm_hidden_size": int(llm_hidden),
         "qformer_hidden_size": int(qformer_width),
+        # None for the released files and runs from before the key (a Q-Former, unless the
+        # projection's input width says otherwise).
+        "has_qformer": cfg.get("has_qformer"),
         "num_query_token": cfg.get("num_query_token"),
         "prompt_template": cfg.get("prompt_template"),
         "end_sym": cfg.get("end_sym"),

@@ -2,6 +2,9 @@
 
 ``image -> EVA ViT -> ln_vision -> Q-Former (query tokens) -> llama_proj -> Vicuna``. Only
 ``llama_proj`` trains (``freeze_vit: False`` / ``freeze_qformer: False`` unfreeze those parts).
+With ``has_qformer: False`` (upstream's later LLaMA-2 variant) there is no Q-Former:
+``image -> EVA ViT -> ln_vision -> patch tokens merged 4 at a time -> llama_proj -> LLaMA-2``.
+The class is registered as ``mini_gpt4`` (the reference) and ``minigpt4`` (upstream's later name).
 
 ``MiniGPT4.from_config(cfg)`` builds the modules from the ``model:`` config, reading nothing but the
 LLM folder's ``config.json`` and tokenizer files, and then loads the weights through the named
@@ -58,6 +61,9 @@ LIBRARY_ROOT = Path(__file__).resolve().parents[1]
 REPO_ROOT = LIBRARY_ROOT.parent
 IMAGE_PLACEHOLDER = "<ImageHere>"
 IGNORE_INDEX = -100
+
+# Patch tokens merged into one LLM token when there is no Q-Former (upstream's LLaMA-2 variant).
+PATCHES_PER_TOKEN = 4
 
 # Buffers that the reference's modules held and its runner saved into checkpoints next to
 # llama_proj; this model computes them itself, so a checkpoint's copies are dropped.
@@ -140,6 +146,23 @@ def read_prompts(prompt_path: str, prompt_template: str) -> list[str]:
     return prompts
 
 
+def set_pad_token(tokenizer: PreTrainedTokenizerBase, pad_token: str) -> None:
+    """``model.pad_token``: "" keeps the reference's pad = </s>; otherwise the given token (upstream's
+    later "$$"), which must be one piece of the vocabulary, not a new embedding row."""
+    if not pad_token:
+        return
+    pad_id = tokenizer.convert_tokens_to_ids(pad_token)
+    if pad_id is None or pad_id == tokenizer.unk_token_id or pad_id >= len(tokenizer):
+        raise ValueError(
+            f"model.pad_token {pad_token!r} is not a token of the LLM's vocabulary (it would be <unk>); "
+            "use a single piece of it (LLaMA's '$$' is id 3997) or '' for pad = </s>"
+        )
+    if pad_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        raise ValueError(f"model.pad_token {pad_token!r} is <s> or </s>; use '' for the reference's pad = </s>")
+    tokenizer.pad_token = pad_token
+    logger.info("LLM pad token %r (id %d): </s> in the text is trained", pad_token, pad_id)
+
+
 def _check_llm_is_on(llm_device: torch.device, target: torch.device) -> None:
     """In low_resource mode the 8-bit LLM stays where it was loaded (``device_8bit``); the rest of
     the model must run on the same GPU, or the text and image embeddings meet on two devices."""
@@ -162,12 +185,47 @@ class LLMInputs:
     inputs_embeds: torch.Tensor  # (B, L, H)
     attention_mask: torch.Tensor  # (B, L) long
     labels: torch.Tensor  # (B, L) long, -100 on BOS, image, prompt and padding
-    text_input_ids: torch.Tensor  # (B, T) long, the tokenized text, right-padded with pad = eos
+    text_input_ids: torch.Tensor  # (B, T) long, the tokenized text, right-padded with the pad token
 
 
+def merge_patch_tokens(image_embeds: torch.Tensor) -> torch.Tensor:
+    """The LLM tokens of the no-Q-Former path: (B, 1 + N, W) ViT output -> (B, N / 4, 4 W).
+
+    The class token is dropped; output token k is the channel concatenation of patch tokens 4k,
+    4k+1, 4k+2, 4k+3 in the ViT's raster (row-major) order, so channels [W j, W (j+1)) hold patch
+    4k+j: four horizontally adjacent patches of one row (a 1 x 4 strip, not a 2 x 2 block), as
+    upstream's ``view`` of the contiguous patch tokens.
+    """
+    patches = image_embeds[:, 1:, :]  # (B, N, W)
+    batch, n, width = patches.shape
+    if n % PATCHES_PER_TOKEN:
+        raise ValueError(
+            f"has_qformer False merges {PATCHES_PER_TOKEN} patch tokens into one, but the ViT gives {n} patches"
+        )
+    return patches.reshape(batch, n // PATCHES_PER_TOKEN, width * PATCHES_PER_TOKEN)  # (B, N/4, 4W)
+
+
+def check_patch_grid(cfg: DictConfig) -> None:
+    """For ``has_qformer: False``: the patch grid must split into 1 x 4 strips of one row."""
+    side, patch = cfg.image_size, cfg.vit_arch.patch_size
+    grid = side // patch
+    if grid % PATCHES_PER_TOKEN:
+        raise ValueError(
+            f"model.has_qformer False merges {PATCHES_PER_TOKEN} adjacent patches of a row, but image_size "
+            f"{side} with patch_size {patch} gives a {grid} x {grid} patch grid; use an image_size whose grid "
+            f"is a multiple of {PATCHES_PER_TOKEN} (224 -> 16, 448 -> 32)"
+        )
+
+
+@registry.register_model("minigpt4")
 @registry.register_model("mini_gpt4")
 class MiniGPT4(nn.Module):
-    PRETRAINED_MODEL_CONFIG_DICT: ClassVar[dict[str, str]] = {"pretrain_vicuna": "configs/models/minigpt4.yaml"}
+    # The reference's model type, and upstream's later two (Vicuna v0 with a Q-Former, LLaMA-2 without).
+    PRETRAINED_MODEL_CONFIG_DICT: ClassVar[dict[str, str]] = {
+        "pretrain_vicuna": "configs/models/minigpt4.yaml",
+        "pretrain_vicuna0": "configs/models/minigpt4_vicuna0.yaml",
+        "pretrain_llama2": "configs/models/minigpt4_llama2.yaml",
+    }
     # In low_resource mode these stay where they are when the model is moved or cast: the vision
     # tower on the CPU in fp32, the 8-bit LLM where bitsandbytes quantized it.
     LOW_RESOURCE_PINNED: ClassVar[tuple[str, ...]] = ("visual_encoder", "ln_vision", "llama_model")
@@ -191,18 +249,27 @@ class MiniGPT4(nn.Module):
         self.vit_dtype = vit_dtype(cfg, device)
         self.llm_dtype = llm_dtype(cfg, device)
         self.freeze_vit = cfg.freeze_vit
-        self.freeze_qformer = cfg.freeze_qformer
+        self.has_qformer = cfg.has_qformer
+        # Without a Q-Former there is nothing for freeze_qformer to unfreeze.
+        self.freeze_qformer = cfg.freeze_qformer or not cfg.has_qformer
+        if not cfg.has_qformer:
+            check_patch_grid(cfg)
 
         self.visual_encoder = build_eva_vit(
             cfg.vit_arch, cfg.image_size, cfg.drop_path_rate, cfg.use_grad_checkpoint, self.vit_dtype
         )
         self.ln_vision = FP32LayerNorm(self.visual_encoder.embed_dim)
-        self.Qformer, self.query_tokens = build_qformer(
-            cfg.qformer_arch, cfg.num_query_token, self.visual_encoder.embed_dim
-        )
+        if cfg.has_qformer:
+            self.Qformer, self.query_tokens = build_qformer(
+                cfg.qformer_arch, cfg.num_query_token, self.visual_encoder.embed_dim
+            )
+            image_width = self.Qformer.config.hidden_size
+        else:
+            self.Qformer, self.query_tokens = None, None
+            image_width = self.visual_encoder.embed_dim * PATCHES_PER_TOKEN
         self.llama_model = llama_model
         self.llama_tokenizer = llama_tokenizer
-        self.llama_proj = nn.Linear(self.Qformer.config.hidden_size, llama_model.config.hidden_size)
+        self.llama_proj = nn.Linear(image_width, llama_model.config.hidden_size)
 
         self.max_txt_len = cfg.max_txt_len
         self.end_sym = cfg.end_sym
@@ -211,8 +278,9 @@ class MiniGPT4(nn.Module):
 
         self.visual_encoder.requires_grad_(not self.freeze_vit)
         self.ln_vision.requires_grad_(not self.freeze_vit)
-        self.Qformer.requires_grad_(not self.freeze_qformer)
-        self.query_tokens.requires_grad_(not self.freeze_qformer)
+        if self.has_qformer:
+            self.Qformer.requires_grad_(not self.freeze_qformer)
+            self.query_tokens.requires_grad_(not self.freeze_qformer)
         self.llama_model.requires_grad_(False)
         self.train()
 
@@ -220,10 +288,11 @@ class MiniGPT4(nn.Module):
 
     @classmethod
     def default_config_path(cls, model_type: str) -> str:
-        """Absolute path of the default YAML of ``model_type`` (``pretrain_vicuna``)."""
+        """Absolute path of the default YAML of ``model_type`` (``pretrain_vicuna``,
+        ``pretrain_vicuna0``, ``pretrain_llama2``)."""
         if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
             valid = ", ".join(sorted(cls.PRETRAINED_MODEL_CONFIG_DICT))
-            raise UnknownNameError(f"unknown model_type '{model_type}' for mini_gpt4; valid: {valid}")
+            raise UnknownNameError(f"unknown model_type '{model_type}' for mini_gpt4/minigpt4; valid: {valid}")
         return str(LIBRARY_ROOT / cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
 
     @classmethod
@@ -237,6 +306,7 @@ class MiniGPT4(nn.Module):
         prompt file (``prompt_path``) if one is configured. ``auto`` precisions are chosen for the
         machine's first accelerator, else the CPU."""
         cfg = model_config(cfg)
+        set_pad_token(llama_tokenizer, cfg.pad_token)
         device = run_device(None)
         llama = build_llama(llama_config, llm_dtype(cfg, device))
         return cls(cfg, llama, llama_tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), device)
@@ -255,6 +325,7 @@ class MiniGPT4(nn.Module):
         target = run_device(device)
         folder = llama_folder(cfg.llama_model)
         tokenizer = load_llama_tokenizer(folder)
+        set_pad_token(tokenizer, cfg.pad_token)
         dtype = llm_dtype(cfg, target)
         # The LLM is loaded by transformers' from_pretrained (the one path for sharded folders and
         # 8-bit quantisation); until then a weightless stand-in of the same config holds its place.
@@ -279,7 +350,7 @@ class MiniGPT4(nn.Module):
         if self.freeze_vit:
             yield self.visual_encoder
             yield self.ln_vision
-        if self.freeze_qformer:
+        if self.freeze_qformer and self.has_qformer:
             yield self.Qformer
         yield self.llama_model
 
@@ -331,19 +402,31 @@ class MiniGPT4(nn.Module):
         """The LLM's input embedding of token ids: (B, T) -> (B, T, H)."""
         return self.llama_model.get_input_embeddings()(ids)
 
+    @property
+    def num_image_tokens(self) -> int:
+        """LLM tokens per image: the query tokens, or a quarter of the patches without a Q-Former."""
+        if self.has_qformer:
+            return self.query_tokens.shape[1]
+        return self.visual_encoder.patch_embed.num_patches // PATCHES_PER_TOKEN
+
     def encode_img(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S, S) images -> LLM-space query embeddings (B, Q, H) and their mask (B, Q) long."""
+        """(B, 3, S, S) images -> LLM-space image embeddings (B, Q, H) and their mask (B, Q) long;
+        Q is ``num_image_tokens``."""
         device = image.device
         if self.low_resource:
             image = image.to("cpu")  # the vision tower's place (fp32, so no autocast there)
         with autocast(image.device, self.vit_dtype), _grad(not self.freeze_vit):
             image_embeds = self.ln_vision(self.visual_encoder.forward_features(image)).to(device)  # (B, 1+N, W)
-        with autocast(device, self.vit_dtype), _grad(not (self.freeze_vit and self.freeze_qformer)):
-            query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)  # (B, Q, D)
-            query_output = self.Qformer(query_embeds=query_tokens, encoder_hidden_states=image_embeds)
+        if self.has_qformer:
+            with autocast(device, self.vit_dtype), _grad(not (self.freeze_vit and self.freeze_qformer)):
+                query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)  # (B, Q, D)
+                image_tokens = self.Qformer(query_embeds=query_tokens, encoder_hidden_states=image_embeds)
+                image_tokens = image_tokens.last_hidden_state
+        else:
+            image_tokens = merge_patch_tokens(image_embeds)  # (B, N/4, 4W)
         # The projection feeds the LLM, so it runs (and receives its gradient) in the LLM's precision.
         with autocast(device, self.llm_dtype):
-            inputs_llama = self.llama_proj(query_output.last_hidden_state)  # (B, Q, H)
+            inputs_llama = self.llama_proj(image_tokens)  # (B, Q, H)
         atts_llama = torch.ones(inputs_llama.shape[:-1], dtype=torch.long, device=device)
         return inputs_llama, atts_llama
 
@@ -397,7 +480,8 @@ class MiniGPT4(nn.Module):
             add_special_tokens=False,
         ).to(device, non_blocking=True)
         text_ids = tokens.input_ids  # (B, T)
-        # pad = eos, so an eos inside the text is not a target either (as in the reference)
+        # With the reference's pad = eos an eos inside the text is not a target either; with
+        # model.pad_token (upstream's "$$") it is, and a "$$" in the text is not.
         text_targets = text_ids.masked_fill(text_ids == self.llama_tokenizer.pad_token_id, IGNORE_INDEX)
         prefix_targets = torch.full((batch, 1 + atts_img.shape[1]), IGNORE_INDEX, dtype=torch.long, device=device)
 
@@ -436,7 +520,22 @@ def load_vision_weights(model: MiniGPT4, cfg: DictConfig) -> None:
     """The vision tower, ``ln_vision``, the Q-Former and the query tokens: from ``vit_weights`` (an
     ``eva_vit_g.pth``-format file) then ``q_former_model`` (a BLIP-2 file), as the reference, or
     all four from a transformers ``Blip2`` folder named by ``q_former_model`` (``vit_weights``
-    empty or the same folder)."""
+    empty or the same folder). With ``has_qformer: False`` only the vision tower, from
+    ``vit_weights``; ``q_former_model`` is not read."""
+    if not cfg.has_qformer:
+        if not cfg.vit_weights:
+            raise WeightLoadError(
+                "model.vit_weights is empty but model.has_qformer is False: the vision tower comes from an "
+                "eva_vit_g.pth-format file then (no BLIP-2 file is read)"
+            )
+        logger.info("Loading VIT")
+        load_eva_vit(model.visual_encoder, resolve_weights(cfg.vit_weights, "vit_weights"))
+        logger.info("Do not use Q-Former here.")
+        # Only the BLIP-2 file held ln_vision's weights; without it upstream kept the initial values.
+        with torch.no_grad():
+            model.ln_vision.weight.fill_(1.0)
+            model.ln_vision.bias.zero_()
+        return
     if names_transformers_blip2(cfg):
         q_former = resolve_weights(cfg.q_former_model, "q_former_model")
         if not is_transformers_blip2_folder(q_former):
@@ -458,7 +557,33 @@ def load_vision_weights(model: MiniGPT4, cfg: DictConfig) -> None:
     load_blip2_qformer(model, resolve_weights(cfg.q_former_model, "q_former_model"))
 
 
-def explain_checkpoint_shape(key: str, have: tuple[int, ...], want: tuple[int, ...]) -> str | None:
+def projection_input(width: int, vit_width: int | None) -> str:
+    """What a projection input of ``width`` channels is: merged ViT patches when it is
+    4 x ``vit_width`` (``has_qformer: False``), else a Q-Former."""
+    if vit_width is not None and width == PATCHES_PER_TOKEN * vit_width:
+        return f"no Q-Former (input width {width} = {PATCHES_PER_TOKEN} x {vit_width}, model.has_qformer: False)"
+    return f"a Q-Former of width {width}"
+
+
+def checkpoint_shape_explainer(
+    has_qformer: bool | None = None, vit_width: int | None = None
+) -> Callable[[str, tuple[int, ...], tuple[int, ...]], str | None]:
+    """:func:`explain_checkpoint_shape` for a model with (or without) a Q-Former on a ViT of
+    ``vit_width`` channels; unknown (None) gives the Q-Former wording."""
+
+    def explain(key: str, have: tuple[int, ...], want: tuple[int, ...]) -> str | None:
+        return explain_checkpoint_shape(key, have, want, has_qformer, vit_width)
+
+    return explain
+
+
+def explain_checkpoint_shape(
+    key: str,
+    have: tuple[int, ...],
+    want: tuple[int, ...],
+    has_qformer: bool | None = None,
+    vit_width: int | None = None,
+) -> str | None:
     """Shape mismatches of a MiniGPT-4 checkpoint in words."""
     if key.startswith("llama_proj.") and have[0] != want[0]:
         return (
@@ -466,40 +591,60 @@ def explain_checkpoint_shape(key: str, have: tuple[int, ...], want: tuple[int, .
             f"but the LLM has {want[0]} ({llama_size_name(want[0])})"
         )
     if key == "llama_proj.weight" and have[1] != want[1]:
-        return f"llama_proj was trained on a Q-Former of width {have[1]}; qformer_arch.hidden_size is {want[1]}"
+        if has_qformer is None:
+            return f"llama_proj was trained on a Q-Former of width {have[1]}; qformer_arch.hidden_size is {want[1]}"
+        trained = projection_input(have[1], vit_width)
+        trained = "without a Q-Former" + trained[len("no Q-Former") :] if trained.startswith("no ") else f"on {trained}"
+        if has_qformer:
+            ours = f"this model has a Q-Former of width {want[1]} (qformer_arch.hidden_size, model.has_qformer: True)"
+        else:
+            ours = f"this model has no Q-Former: {PATCHES_PER_TOKEN} merged ViT patches of width {want[1]}"
+        return f"llama_proj was trained {trained} but {ours}"
     return None
 
 
 @dataclass
 class CheckpointTarget:
-    """What a checkpoint is loaded for: the model's widths and the config's prompt settings."""
+    """What a checkpoint is loaded for: the model's widths and the config's prompt settings.
+    ``qformer_hidden_size`` is the projection's input width: the Q-Former's, or 4 x the ViT's
+    without one."""
 
     llama_model: str
     llm_hidden_size: int
     qformer_hidden_size: int
-    num_query_token: int
+    num_query_token: int | None
     prompt_template: str
     end_sym: str
+    has_qformer: bool = True
+    vit_width: int | None = None
 
     @classmethod
     def of(cls, cfg: DictConfig, llm_hidden_size: int) -> CheckpointTarget:
+        vit_width = cfg.vit_arch.embed_dim
+        width = cfg.qformer_arch.hidden_size if cfg.has_qformer else PATCHES_PER_TOKEN * vit_width
         return cls(
             cfg.llama_model,
             llm_hidden_size,
-            cfg.qformer_arch.hidden_size,
-            cfg.num_query_token,
+            width,
+            cfg.num_query_token if cfg.has_qformer else None,
             cfg.prompt_template,
             cfg.end_sym,
+            cfg.has_qformer,
+            vit_width,
         )
 
 
-def trained_for(metadata: Mapping[str, Any]) -> str:
-    """``an LLM of hidden size 5120 (a 13B LLM, vicuna-13b), a Q-Former of width 768, 32 query tokens``."""
+def trained_for(metadata: Mapping[str, Any], vit_width: int | None = None) -> str:
+    """``an LLM of hidden size 5120 (a 13B LLM, vicuna-13b), a Q-Former of width 768, 32 query tokens``;
+    a projection input of 4 x ``vit_width`` (or metadata ``has_qformer`` False) reads ``no Q-Former``."""
     hidden = metadata["llm_hidden_size"]
     name = f", {metadata['llm_name']}" if metadata.get("llm_name") else ""
+    width = metadata["qformer_hidden_size"]
+    if metadata.get("has_qformer") is False and vit_width is None:
+        vit_width = width // PATCHES_PER_TOKEN
     text = f"an LLM of hidden size {hidden} ({llama_size_name(hidden)}{name}), "
-    text += f"a Q-Former of width {metadata['qformer_hidden_size']}"
-    if metadata.get("num_query_token") is not None:
+    text += projection_input(width, vit_width)
+    if metadata.get("num_query_token") is not None and metadata.get("has_qformer") is not False:
         text += f", {metadata['num_query_token']} query tokens"
     return text
 
@@ -516,17 +661,21 @@ def check_checkpoint_metadata(metadata: Mapping[str, Any], target: CheckpointTar
             f"({llama_size_name(target.llm_hidden_size)})"
         )
     if metadata.get("qformer_hidden_size") != target.qformer_hidden_size:
-        problems.append(f"qformer_arch.hidden_size is {target.qformer_hidden_size}")
+        if target.has_qformer:
+            problems.append(f"qformer_arch.hidden_size is {target.qformer_hidden_size} (model.has_qformer: True)")
+        else:
+            problems.append(f"the model has {projection_input(target.qformer_hidden_size, target.vit_width)}")
     if problems:
-        raise WeightLoadError(f"{source} was trained for {trained_for(metadata)}; " + "; ".join(problems))
+        trained = trained_for(metadata, target.vit_width)
+        raise WeightLoadError(f"{source} was trained for {trained}; " + "; ".join(problems))
     warnings = []
     for key, value in (
-        ("num_query_token", target.num_query_token),
+        ("num_query_token", target.num_query_token if target.has_qformer else None),
         ("prompt_template", target.prompt_template),
         ("end_sym", target.end_sym),
     ):
         trained = metadata.get(key)
-        if trained is not None and trained != value:
+        if trained is not None and value is not None and trained != value:
             warnings.append(f"{source} was trained with {key} {trained!r}; model.{key} is {value!r}")
     return warnings
 
@@ -537,14 +686,19 @@ def check_minigpt4_checkpoint(
     source: object,
     metadata: Mapping[str, Any] | None = None,
     target: CheckpointTarget | None = None,
+    *,
+    explain: Callable[[str, tuple[int, ...], tuple[int, ...]], str | None] | None = None,
 ) -> list[str]:
     """Raise :class:`WeightLoadError` unless the checkpoint ``state`` (under this model's names)
     fits the model's ``expected`` state dict: ``llama_proj`` present, every other key a parameter
     or buffer of the model, every shape right, and the metadata's widths those of ``target``.
-    Returns the metadata's warnings. Only shapes are read, so meta tensors do for both."""
+    Returns the metadata's warnings. Only shapes are read, so meta tensors do for both. ``explain``
+    words shape mismatches (default: from ``target``'s Q-Former setting, if given)."""
     warnings = check_checkpoint_metadata(metadata, target, source) if metadata and target else []
     optional = set(expected) - set(PROJECTION_KEYS)
-    check_state_dict(expected, state, f"the MiniGPT-4 checkpoint {source}", explain_checkpoint_shape, optional)
+    if explain is None:
+        explain = checkpoint_shape_explainer(*((target.has_qformer, target.vit_width) if target else ()))
+    check_state_dict(expected, state, f"the MiniGPT-4 checkpoint {source}", explain, optional)
     return warnings
 
 
@@ -561,7 +715,8 @@ def load_minigpt4_checkpoint(model: MiniGPT4, path: Path, cfg: DictConfig | None
     state, metadata = read_checkpoint(path)
     state = model.checkpoint_state(state)
     target = CheckpointTarget.of(cfg, model.llama_model.config.hidden_size) if cfg is not None else None
-    for warning in check_minigpt4_checkpoint(model.state_dict(), state, path, metadata, target):
+    explain = checkpoint_shape_explainer(model.has_qformer, model.visual_encoder.embed_dim)
+    for warning in check_minigpt4_checkpoint(model.state_dict(), state, path, metadata, target, explain=explain):
         logger.warning("%s", warning)
     model.load_state_dict(state, strict=False)
     logger.info("Loaded %d tensors from %s", len(state), path)

@@ -23,10 +23,17 @@ def _normalize(mean: Sequence[float] | None, std: Sequence[float] | None) -> tra
     return transforms.Normalize(CLIP_MEAN if mean is None else mean, CLIP_STD if std is None else std)
 
 
+# blip2_image_train's ``transform``: the reference's random crop, or upstream's later plain resize.
+TRAIN_TRANSFORMS = ("random_resized_crop", "resize")
+
+
 @registry.register_processor("blip2_image_train")
 class Blip2ImageTrainProcessor(BaseProcessor):
-    """Random crop covering ``min_scale``..``max_scale`` of the area (aspect 3/4..4/3), bicubic
-    resize to ``image_size``, tensor, CLIP normalisation. No flip, no RandAugment."""
+    """``transform: random_resized_crop`` (the reference): a random crop covering
+    ``min_scale``..``max_scale`` of the area (aspect 3/4..4/3), bicubic resize to ``image_size``;
+    ``transform: resize`` (upstream's later processor): a bicubic square resize, as
+    ``blip2_image_eval``, the scales unused. Then tensor, CLIP normalisation. No flip, no
+    RandAugment."""
 
     def __init__(
         self,
@@ -35,16 +42,18 @@ class Blip2ImageTrainProcessor(BaseProcessor):
         std: Sequence[float] | None = None,
         min_scale: float = 0.5,
         max_scale: float = 1.0,
+        *,
+        transform: str = "random_resized_crop",
     ) -> None:
-        self.transform = transforms.Compose(
-            [
-                transforms.RandomResizedCrop(
-                    image_size, scale=(min_scale, max_scale), interpolation=InterpolationMode.BICUBIC
-                ),
-                transforms.ToTensor(),
-                _normalize(mean, std),
-            ]
-        )
+        if transform not in TRAIN_TRANSFORMS:
+            raise ValueError(f"blip2_image_train: transform '{transform}' is not one of {', '.join(TRAIN_TRANSFORMS)}")
+        if transform == "resize":
+            first = transforms.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC)
+        else:
+            first = transforms.RandomResizedCrop(
+                image_size, scale=(min_scale, max_scale), interpolation=InterpolationMode.BICUBIC
+            )
+        self.transform = transforms.Compose([first, transforms.ToTensor(), _normalize(mean, std)])
 
     def __call__(self, image: Image.Image) -> torch.Tensor:  # (3, image_size, image_size)
         return self.transform(image)

@@ -46,7 +46,8 @@ class ImageTextPretrainTask:
 
     def check_inputs(self, cfg: Any) -> None:
         """Raise FileNotFoundError for the first configured local input that does not exist: the
-        weight files (``ckpt`` only when set), the LLM folder (and TokenizerError for a tokenizer
+        weight files (``ckpt`` only when set, ``q_former_model`` only with a Q-Former), the LLM
+        folder (and TokenizerError for a tokenizer
         that is missing, unreadable or does not fit its config.json), the prompt file (looked up in the
         working directory, then the repository, as the model does) and the resume checkpoint (a file,
         or a run folder holding one)."""
@@ -55,8 +56,10 @@ class ImageTextPretrainTask:
         vision_folder = names_transformers_blip2(model_cfg)
         for key in WEIGHT_KEYS:
             location = model_cfg[key]
-            if vision_folder and key in ("vit_weights", "q_former_model"):
+            if vision_folder and model_cfg.has_qformer and key in ("vit_weights", "q_former_model"):
                 continue
+            if key == "q_former_model" and not model_cfg.has_qformer:
+                continue  # no Q-Former, no BLIP-2 file read
             path = Path(location).expanduser()
             # model.ckpt may also be a folder written by tools/export_checkpoint.py
             exported = key == "ckpt" and (path / SAFETENSORS_NAME).is_file()
