@@ -4,6 +4,7 @@ tiny LLaMA-2-style folder; the reference's configs keep the reference's behaviou
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -327,6 +328,14 @@ def test_both_stages_and_chat_with_the_inst_template(in_root, tmp_path):
         tokenizer("</Img> What is this? [/INST] ", add_special_tokens=False).input_ids
     )
     assert chat.stop_criterion(conv.sep).by_length[1].tolist() == [[tokenizer.eos_token_id]]
+    # the README's training-prompt variant: one BOS, then exactly the stage-2 training prompt
+    plain = dataclasses.replace(CONV_VISION_LLama2, system="", roles=("[INST] ", " [/INST] ")).copy()
+    plain.append_message(plain.roles[0], "<Img><ImageHere></Img> What is this?")
+    plain.append_message(plain.roles[1], None)
+    assert (
+        plain.get_prompt()
+        == stage2.model.prompt_list[0].split("<ImageHere>")[0] + "<ImageHere></Img> What is this? [/INST] "
+    )
 
     text, tokens = chat.answer(conv, img_list, max_new_tokens=6, do_sample=False)
     assert isinstance(text, str) and "[/INST]" not in text and conv.messages[-1] == [conv.roles[1], text]
