@@ -32,6 +32,7 @@ from minigpt4.models.loaders import WeightLoadError
 from minigpt4.models.mini_gpt4 import MiniGPT4, merge_patch_tokens
 from tests.golden_model import build_golden_model
 from tools import check_weights
+from tools.export_checkpoint import main as export_main
 
 # LLaMA-2-7B (meta-llama/Llama-2-7b-chat-hf's config.json, the sizes that matter here).
 LLAMA2_7B = {
@@ -340,3 +341,18 @@ def test_both_stages_and_chat_with_the_inst_template(in_root, tmp_path):
     text, tokens = chat.answer(conv, img_list, max_new_tokens=6, do_sample=False)
     assert isinstance(text, str) and "[/INST]" not in text and conv.messages[-1] == [conv.roles[1], text]
     assert len(tokens) <= 6
+
+
+def test_export_of_a_run_without_qformer_says_so(root, golden_dir, tmp_path):
+    state = {"llama_proj.weight": torch.randn(64, 256), "llama_proj.bias": torch.zeros(64)}
+    run_cfg = {"has_qformer": False, "llama_model": "/weights/llama2_tiny", "end_sym": "</s>"}
+    torch.save({"model": state, "config": {"model": run_cfg}, "epoch": 0}, tmp_path / "run.pth")
+    assert export_main([str(tmp_path / "run.pth"), str(tmp_path / "export")]) == 0
+    model = MiniGPT4.from_config(tiny_cfg(root, ckpt=str(tmp_path / "export")))
+    assert torch.equal(model.llama_proj.weight, state["llama_proj.weight"])
+    with pytest.raises(
+        WeightLoadError,
+        match=r"was trained for an LLM of hidden size 64 \(an LLM of width 64, llama2_tiny\), no Q-Former "
+        r"\(input width 256 = 4 x 64, model.has_qformer: False\); qformer_arch.hidden_size is 64",
+    ):
+        build_golden_model(golden_dir, ckpt=str(tmp_path / "export"))
