@@ -5,8 +5,11 @@
   (``$MINIGPT4_CACHE_DIR``, default ``~/.cache/minigpt4``). Under ``torch.distributed`` rank 0
   downloads first and the other ranks wait at a barrier, then read the cached copy.
 * :func:`torch_load` opens a checkpoint with ``weights_only=True``: a weight file can hold tensors
-  and plain containers, never code.
-  A file that is not a torch checkpoint at all, or a truncated one, is named in words.
+  and plain containers, never code. With ``mmap`` (the vision loaders) a zip-format file is mapped,
+  not read whole. A file that is not a torch checkpoint at all, or a truncated one, is named in words.
+* :func:`skip_random_init` (``from_config``) builds the ViT and the Q-Former without values, since
+  the files give them theirs right after; :func:`load_into` loads into such a module, copying each
+  tensor once into the module's dtype.
 * :func:`check_state_dict` accepts a state dict only when every key the module needs is present,
   nothing is left over, and every shape fits; otherwise it raises :class:`WeightLoadError`, which
   says in words what is missing, what is unexpected and what a wrong shape means.
