@@ -128,6 +128,18 @@ class CheckpointError(MiniGPT4Error, OSError):
     objects that could run code, or holding non-finite weights."""
 
 
+def load_weights_only(path: str | Path, *, mmap: bool = False) -> Any:
+    """``torch.load`` on the CPU with ``weights_only=True``. ``mmap``: map the tensors of a
+    zip-format file (``torch.save`` since torch 1.6) instead of reading them; a legacy file, which
+    cannot be mapped, is read whole. The errors are torch's."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as error:
+        if not (mmap and "mmap can only be used" in str(error)):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # not a zip file: legacy or broken
+
+
 def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     """A checkpoint's dict, on the CPU, without unpickling anything but tensors and plain types.
     ``mmap``: map the tensors instead of reading them (reading the positions of many is cheap)."""
@@ -135,12 +147,7 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except RuntimeError as error:
-            if not (mmap and "mmap can only be used" in str(error)):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # not a zip file: legacy or broken
+        return load_weights_only(path, mmap=mmap)
     except pickle.UnpicklingError as error:
         if "GLOBAL" not in str(error):
             raise CheckpointError(f"{path}: not a readable checkpoint, not written by torch.save") from error
@@ -215,6 +222,7 @@ __all__ = [
     "find_resume_checkpoint",
     "load_checkpoint",
     "load_trainable_state_dict",
+    "load_weights_only",
     "resume_checkpoint",
     "rng_state",
     "save_checkpoint",

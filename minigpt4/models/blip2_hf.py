@@ -45,8 +45,8 @@ from torch import nn
 from transformers import Blip2Config
 
 from minigpt4.models.eva_vit import explain_vit_shape, interpolate_pos_embed, pos_embed_resizable
-from minigpt4.models.loaders import KeyReport, Shape, WeightLoadError, report_keys, shapes_of
-from minigpt4.models.qformer import explain_qformer_shape, ours_to_blip2
+from minigpt4.models.loaders import KeyReport, Shape, WeightLoadError, check_no_meta, load_into, report_keys, shapes_of
+from minigpt4.models.qformer import BLIP2_PARTS, explain_qformer_shape, ours_to_blip2
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +334,8 @@ def load_transformers_blip2(model: nn.Module, folder: Path, cfg: Any) -> None:
     vision = {
         key.removeprefix("visual_encoder."): value for key, value in state.items() if key.startswith("visual_encoder.")
     }
-    model.visual_encoder.load_state_dict(interpolate_pos_embed(vision, model.visual_encoder), strict=True)
+    load_into(model.visual_encoder, interpolate_pos_embed(vision, model.visual_encoder), strict=True)
     rest = {key: value for key, value in state.items() if not key.startswith("visual_encoder.")}
-    model.load_state_dict(rest, strict=False)
+    load_into(model, rest, strict=False)
+    check_no_meta(model, f"the vision side loaded from {folder}", ("visual_encoder.", *BLIP2_PARTS))
     logger.info("Loaded %d tensors from %s", len(report.used), folder)

@@ -8,6 +8,7 @@ parameter name. Built with no final norm, no pooling and no head, ``forward_feat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -22,7 +23,18 @@ from timm.models.eva import Eva
 from torch import nn
 
 from minigpt4.common.schema import VitArch
-from minigpt4.models.loaders import KeyReport, Shape, WeightLoadError, report_keys, shapes_of, torch_load
+from minigpt4.models.loaders import (
+    KeyReport,
+    Shape,
+    WeightLoadError,
+    check_no_meta,
+    load_into,
+    parameters_on_meta,
+    random_init_skipped,
+    report_keys,
+    shapes_of,
+    torch_load,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +74,17 @@ def build_eva_vit(
     use_grad_checkpoint: bool,
     dtype: torch.dtype,
 ) -> Eva:
-    """EVA ViT-g/14 (or the ``arch`` given) for square images of ``image_size`` pixels."""
-    vit = Eva(
+    """EVA ViT-g/14 (or the ``arch`` given) for square images of ``image_size`` pixels; inside
+    ``loaders.skip_random_init`` its parameters are left without values for :func:`load_eva_vit`."""
+    with parameters_on_meta() if random_init_skipped() else contextlib.nullcontext():
+        vit = _eva(arch, image_size, drop_path_rate)
+    vit.set_grad_checkpointing(use_grad_checkpoint)
+    cast_linear_and_conv(vit, dtype)
+    return vit
+
+
+def _eva(arch: VitArch, image_size: int, drop_path_rate: float) -> Eva:
+    return Eva(
         img_size=image_size,
         patch_size=arch.patch_size,
         num_classes=0,
@@ -79,9 +100,6 @@ def build_eva_vit(
         use_fc_norm=False,
         use_post_transformer_norm=False,
     )
-    vit.set_grad_checkpointing(use_grad_checkpoint)
-    cast_linear_and_conv(vit, dtype)
-    return vit
 
 
 def interpolate_pos_embed(state_dict: dict[str, torch.Tensor], vit: Eva) -> dict[str, torch.Tensor]:
@@ -179,9 +197,10 @@ def load_eva_vit(vit: Eva, path: Path) -> None:
 
     The keys are sorted by :func:`report_vit_keys`: the ignored ones are named in an INFO line,
     unknown ones in a WARNING, and a missing key or a wrong shape is an error. ``pos_embed`` is
-    interpolated when the file's patch grid differs.
+    interpolated when the file's patch grid differs. The file is memory-mapped: each tensor is read
+    once, into the model, and the ignored ones never.
     """
-    state_dict = torch_load(path)
+    state_dict = torch_load(path, mmap=True)
     if not isinstance(state_dict, dict) or "pos_embed" not in state_dict:
         keys = list(state_dict)[:5] if isinstance(state_dict, dict) else type(state_dict).__name__
         raise WeightLoadError(
@@ -192,7 +211,8 @@ def load_eva_vit(vit: Eva, path: Path) -> None:
     report.log(logger)
     report.raise_if_refused()
     kept = interpolate_pos_embed({key: state_dict[key] for key in report.used}, vit)
-    vit.load_state_dict(kept, strict=True)
+    load_into(vit, kept, strict=True)
+    check_no_meta(vit, f"the EVA ViT loaded from {path}")
 
 
 def load_vit_copy(vit: Eva, state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -202,4 +222,4 @@ def load_vit_copy(vit: Eva, state_dict: Mapping[str, torch.Tensor]) -> None:
     kept = dict(state_dict)
     if "pos_embed" in kept:
         kept = interpolate_pos_embed(kept, vit)
-    vit.load_state_dict(kept, strict=False)
+    load_into(vit, kept, strict=False)

@@ -5,8 +5,11 @@
   (``$MINIGPT4_CACHE_DIR``, default ``~/.cache/minigpt4``). Under ``torch.distributed`` rank 0
   downloads first and the other ranks wait at a barrier, then read the cached copy.
 * :func:`torch_load` opens a checkpoint with ``weights_only=True``: a weight file can hold tensors
-  and plain containers, never code.
-  A file that is not a torch checkpoint at all, or a truncated one, is named in words.
+  and plain containers, never code. With ``mmap`` (the vision loaders) a zip-format file is mapped,
+  not read whole. A file that is not a torch checkpoint at all, or a truncated one, is named in words.
+* :func:`skip_random_init` (``from_config``) builds the ViT and the Q-Former without values, since
+  the files give them theirs right after; :func:`load_into` loads into such a module, copying each
+  tensor once into the module's dtype.
 * :func:`check_state_dict` accepts a state dict only when every key the module needs is present,
   nothing is left over, and every shape fits; otherwise it raises :class:`WeightLoadError`, which
   says in words what is missing, what is unexpected and what a wrong shape means.
@@ -21,6 +24,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -28,12 +32,15 @@ import shutil
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from minigpt4.common.checkpoint import load_weights_only
 from minigpt4.common.errors import MiniGPT4Error
 
 logger = logging.getLogger(__name__)
@@ -121,8 +128,10 @@ def _not_a_checkpoint(path: Path, head: bytes) -> str:
     return f"{path} is not a torch checkpoint (.pth): it starts with {head[:16]!r}"
 
 
-def torch_load(path: Path) -> object:
-    """``torch.load`` on the CPU with ``weights_only=True``, with a readable refusal."""
+def torch_load(path: Path, *, mmap: bool = False) -> object:
+    """``torch.load`` on the CPU with ``weights_only=True``, with a readable refusal. ``mmap``: map
+    a zip-format file's tensors instead of reading them (a legacy file is read whole), so that
+    what is never used is never read and what is used is read once, by its copy into the model."""
     if path.is_dir():
         raise WeightLoadError(f"{path} is a folder; a weight file (.pth) is needed here")
     with open(path, "rb") as file:
@@ -130,7 +139,7 @@ def torch_load(path: Path) -> object:
     if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
         raise WeightLoadError(_not_a_checkpoint(path, head))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_weights_only(path, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise WeightLoadError(
             f"{path} holds Python objects other than tensors and plain containers; "
@@ -143,6 +152,75 @@ def torch_load(path: Path) -> object:
             f"{path} cannot be read as a torch checkpoint; it is probably truncated or damaged "
             f"(an interrupted download?): {first_line}"
         ) from error
+
+
+# Set while a model whose vision-side weights are loaded right after is built (see skip_random_init).
+_skip_random_init: ContextVar[bool] = ContextVar("skip_random_init", default=False)
+
+
+@contextlib.contextmanager
+def skip_random_init() -> Iterator[None]:
+    """Within it, ``build_eva_vit`` and ``build_qformer`` make their parameters without values, on
+    the meta device: no memory, no random numbers (the ViT-g's random initialisation alone takes
+    half a minute on a CPU). For a build whose weights are loaded right after, by the loaders of
+    ``eva_vit``, ``qformer`` and ``blip2_hf``, which give the parameters the file's values
+    (:func:`load_into`) and refuse a file that lacks any of them. ``MiniGPT4.build`` and every
+    build outside it initialise at random as before."""
+    token = _skip_random_init.set(True)
+    try:
+        yield
+    finally:
+        _skip_random_init.reset(token)
+
+
+def random_init_skipped() -> bool:
+    """Whether the current build is inside :func:`skip_random_init`."""
+    return _skip_random_init.get()
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Within it, every parameter a module registers is moved to the meta device, so that the
+    initialisation that follows (``reset_parameters``, timm's and transformers' ``_init_weights``)
+    costs nothing; buffers stay real, so the non-persistent ones that no file holds (EVA's zero
+    ``k_bias``) keep the values their module computed."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None and not param.is_meta:
+            kind = type(param)
+            module._parameters[name] = kind(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, strict: bool) -> None:
+    """``module.load_state_dict(state_dict, strict=strict)``, also where the module's parameters have
+    no values yet (built under :func:`skip_random_init`): each such parameter becomes a copy of the
+    file's tensor in the parameter's dtype. One copy (a dtype conversion is that copy), and never a
+    view of a memory-mapped file: the model must not change when its file does."""
+    own = module.state_dict(keep_vars=True)
+    if not any(own[key].is_meta for key in state_dict if key in own):
+        module.load_state_dict(state_dict, strict=strict)
+        return
+    values = {
+        key: value.to(dtype=own[key].dtype, copy=True) if key in own else value for key, value in state_dict.items()
+    }
+    module.load_state_dict(values, strict=strict, assign=True)
+
+
+def check_no_meta(module: nn.Module, what: str, parts: Iterable[str] | None = None) -> None:
+    """Raise :class:`WeightLoadError` if a tensor of ``module`` (of its ``parts``: key prefixes)
+    was given no value by the load (only possible for a build under :func:`skip_random_init`)."""
+    parts = tuple(parts) if parts is not None else ("",)
+    empty = [key for key, value in module.state_dict(keep_vars=True).items() if key.startswith(parts) and value.is_meta]
+    if empty:
+        raise WeightLoadError(f"{what} left without values (no file provided them): {_listed(empty)}")
 
 
 def _listed(keys: Iterable[str]) -> str:

@@ -52,7 +52,7 @@ from minigpt4.models.llm import (
     load_llama_tokenizer,
     read_llama_config,
 )
-from minigpt4.models.loaders import WeightLoadError, check_state_dict, resolve_weights
+from minigpt4.models.loaders import WeightLoadError, check_state_dict, resolve_weights, skip_random_init
 from minigpt4.models.qformer import blip2_to_ours, build_qformer, load_blip2_qformer
 
 logger = logging.getLogger(__name__)
@@ -331,7 +331,9 @@ class MiniGPT4(nn.Module):
         # 8-bit quantisation); until then a weightless stand-in of the same config holds its place.
         with torch.device("meta"):
             stand_in = build_llama(read_llama_config(folder, tokenizer), dtype)
-        model = cls(cfg, stand_in, tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), target)
+        # The vision side gets its values from the files right after, so it is not initialised first.
+        with skip_random_init():
+            model = cls(cfg, stand_in, tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), target)
         load_vision_weights(model, cfg)
         logger.info("Loading LLAMA")
         model.llama_model = load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit, tokenizer)

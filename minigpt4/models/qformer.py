@@ -18,6 +18,7 @@ did.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Mapping
@@ -36,7 +37,18 @@ from minigpt4.models.eva_vit import (
     vit_depth,
     vit_ignore_rule,
 )
-from minigpt4.models.loaders import KeyReport, Shape, WeightLoadError, report_keys, shapes_of, torch_load
+from minigpt4.models.loaders import (
+    KeyReport,
+    Shape,
+    WeightLoadError,
+    check_no_meta,
+    load_into,
+    parameters_on_meta,
+    random_init_skipped,
+    report_keys,
+    shapes_of,
+    torch_load,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +87,8 @@ def build_qformer(arch: QFormerArch, num_query_token: int, vision_width: int) ->
     """The Q-Former and its ``query_tokens`` (1, num_query_token, hidden), both fp32.
 
     The remaining BERT settings are bert-base-uncased's (gelu, dropout 0.1, LayerNorm eps 1e-12),
-    written here instead of fetched from a model hub.
+    written here instead of fetched from a model hub. Inside ``loaders.skip_random_init`` both are
+    left without values for the loaders (:func:`load_blip2_qformer`, ``blip2_hf``).
     """
     config = Blip2QFormerConfig(
         hidden_size=arch.hidden_size,
@@ -91,8 +104,11 @@ def build_qformer(arch: QFormerArch, num_query_token: int, vision_width: int) ->
         use_qformer_text_input=False,
         initializer_range=0.02,
     )
-    qformer = Blip2QFormerModel._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
-    query_tokens = nn.Parameter(torch.zeros(1, num_query_token, arch.hidden_size))
+    skipped = random_init_skipped()
+    with parameters_on_meta() if skipped else contextlib.nullcontext():
+        qformer = Blip2QFormerModel._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    device = "meta" if skipped else None
+    query_tokens = nn.Parameter(torch.zeros(1, num_query_token, arch.hidden_size, device=device))
     nn.init.normal_(query_tokens, std=config.initializer_range)
     return qformer, query_tokens
 
@@ -187,7 +203,7 @@ def load_blip2_qformer(model: nn.Module, path: Path) -> None:
 
     Errors name keys as the file does (``Qformer.bert...``), so that they can be looked up in it.
     """
-    checkpoint = torch_load(path)
+    checkpoint = torch_load(path, mmap=True)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise WeightLoadError(
             f"{path} is not a blip2_pretrained_flant5xxl.pth-format file: expected a dict with a 'model' entry"
@@ -201,4 +217,5 @@ def load_blip2_qformer(model: nn.Module, path: Path) -> None:
         logger.info("%s also holds the vision tower (%d tensors): they replace the vit_weights ones", path, len(vision))
         load_vit_copy(model.visual_encoder, vision)
     qformer = {blip2_to_ours(key): state[key] for key in report.used if not key.startswith(VISION_PREFIX)}
-    model.load_state_dict(qformer, strict=False)
+    load_into(model, qformer, strict=False)
+    check_no_meta(model, f"the Q-Former loaded from {path}", BLIP2_PARTS)
