@@ -35,10 +35,12 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import random
 import sys
 import tarfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -83,8 +85,7 @@ SCORED = ("colour", "shape")
 # The world's training crops (vis_processor min_scale in its YAMLs): mild, so that no crop loses the shape.
 CROP_MIN_SCALE = 0.8
 RENDER_SIZE = 64  # pixels; the processors crop and resize to the model's image_size
-SHIFT = float(__import__("os").environ.get("SHIFT", "6"))  # pixels the shape's centre may move from the image's centre
-VISION_LR = float(__import__("os").environ.get("VLR", "2e-3"))
+SHIFT = 2  # pixels the shape's centre may move from the image's centre
 
 CAPTIONS = (
     "a {size} {colour} {shape} on a {background} background",
@@ -140,9 +141,9 @@ def named(text: str, attribute: str) -> set[str]:
     return words & set(ATTRIBUTES[attribute])
 
 
-def names_right(text: str, thing: Thing) -> bool:
-    """True when ``text`` names the thing's colour and shape and no other colour or shape."""
-    return all(named(text, attribute) == {getattr(thing, attribute)} for attribute in SCORED)
+def names_right(text: str, thing: Thing, attributes: tuple[str, ...] = SCORED) -> bool:
+    """True when ``text`` names the thing's colour and shape (or ``attributes``) and no other."""
+    return all(named(text, attribute) == {getattr(thing, attribute)} for attribute in attributes)
 
 
 def _jitter(rgb: tuple[int, ...], rng: random.Random, amount: int) -> tuple[int, ...]:
@@ -207,9 +208,9 @@ class WorldSizes:
     heldout: int = 200
     shard_size: int = 400
     vision_steps: int = 1500
-    vision_batch: int = 64
+    vision_batch: int = 128
     vision_pool: int = 4000  # rendered training images the vision side sees (under random crops)
-    llm_steps: int = 1500
+    llm_steps: int = 800
     llm_batch: int = 32
     vocab_size: int = 600
 
@@ -337,9 +338,9 @@ def pretrain_vision(spec: WorldSpec, sizes: WorldSizes, seed: int) -> VisionSide
     labels = torch.tensor([thing.labels() for thing in things])
     augment = Blip2ImageTrainProcessor(image_size=spec.image_size, min_scale=CROP_MIN_SCALE)
     params = [*side.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=VISION_LR, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=4e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=VISION_LR, total_steps=sizes.vision_steps, pct_start=0.1
+        optimizer, max_lr=4e-3, total_steps=sizes.vision_steps, pct_start=0.1
     )
     side.train()
     for step in range(sizes.vision_steps):
@@ -581,6 +582,13 @@ def heldout_score(
 # --- the whole world -----------------------------------------------------------------------------
 
 
+def _worker_setup() -> None:
+    from minigpt4.common.logger import setup_logger
+
+    setup_logger()
+    torch.set_num_threads(1)
+
+
 def make_world(out: Path, sizes: WorldSizes | None = None, spec: WorldSpec | None = None, seed: int = 0) -> dict:
     """Write the world (data, weights, ``world.json``) into ``out``; returns ``world.json``'s content."""
     sizes, spec = sizes or WorldSizes(), spec or WorldSpec(seed=seed)
@@ -591,13 +599,17 @@ def make_world(out: Path, sizes: WorldSizes | None = None, spec: WorldSpec | Non
     logger.info("world data written in %.0f s", time.perf_counter() - start)
     weights = out / "weights"
     weights.mkdir(parents=True, exist_ok=True)
-    side = pretrain_vision(spec, sizes, seed)
+    # The two pretrainings are independent: the LLM's runs in a second process, on the second core.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=_worker_setup) as pool:
+        llm_job = pool.submit(pretrain_llm, spec, sizes, weights / "vicuna_world", seed)
+        side = pretrain_vision(spec, sizes, seed)
+        llm = llm_job.result()
     probe = probe_accuracy(side, spec, seed, heldout)
     torch.manual_seed(seed)
     probe_random = probe_accuracy(VisionSide(spec).eval(), spec, seed, heldout)
     logger.info("held-out linear-probe accuracy: pretrained %s; random vision side %s", probe, probe_random)
     write_vision(side, spec, weights, torch.Generator().manual_seed(seed))
-    llm = pretrain_llm(spec, sizes, weights / "vicuna_world", seed)
     logger.info("LLM held-out loss %s", llm)
     report = {
         "seed": seed,
