@@ -70,8 +70,11 @@ def test_the_data_is_reproducible_and_says_what_each_image_shows(tmp_path):
         assert names_right(description, thing, attributes=tuple(ATTRIBUTES))
 
 
+@pytest.mark.slow
 def test_the_frozen_parts_load_through_the_production_loaders(tmp_path):
-    sizes = WorldSizes(**{**vars(SMALL_DATA), "vision_steps": 2, "vision_batch": 4, "vision_pool": 8})
+    sizes = WorldSizes(
+        **{**vars(SMALL_DATA), "vision_steps": 2, "vision_batch": 4, "vision_pool": 8, "probe_images": 16}
+    )
     sizes.llm_steps, sizes.llm_batch = 2, 2
     report = make_world(tmp_path / "world", sizes, seed=1)
     assert set(report["probe_accuracy"]) == set(ATTRIBUTES)

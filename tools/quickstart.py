@@ -23,6 +23,7 @@ is kept in ``output/quickstart/``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -195,6 +196,14 @@ def main() -> None:
     logger.info("Q (to each held-out image): %s", QUESTION)
     for (path, _, truth), answer, guess in list(zip(heldout, answers, untrained_answers, strict=True))[:SHOWN_ANSWERS]:
         logger.info("%s\n    true:      %s\n    trained:   %s\n    untrained: %s", path, truth, answer, guess)
+    world = json.loads((WORLD / WORLD_DONE).read_text())
+    logger.info(
+        "what the frozen parts know (assets/world/world.json): held-out linear-probe accuracy of the "
+        "vision features %s (a random vision side: %s); LLM held-out loss %.3f with the attribute words "
+        "where the image goes, %.3f with another image's, ln(vocab) %.2f",
+        world["probe_accuracy"], world["probe_accuracy_random_vision"], world["llm"]["heldout_loss"],
+        world["llm"]["heldout_loss_uninformative_prefix"], world["llm"]["ln_vocab"],
+    )  # fmt: skip
     logger.info(
         "held-out score (answers naming the right colour and shape, %d images): trained %.0f%%, "
         "untrained projection %.0f%%",

@@ -58,7 +58,7 @@ from minigpt4.conversation.conversation import CONV_VISION, IMAGE_MESSAGE  # noq
 from minigpt4.models.eva_vit import build_eva_vit  # noqa: E402
 from minigpt4.models.llm import load_llama_tokenizer  # noqa: E402
 from minigpt4.models.mini_gpt4 import IMAGE_PLACEHOLDER, read_prompts  # noqa: E402
-from minigpt4.models.qformer import build_qformer  # noqa: E402
+from minigpt4.models.qformer import build_qformer, ours_to_blip2  # noqa: E402
 from minigpt4.processors.blip_processors import (  # noqa: E402
     Blip2ImageEvalProcessor,
     Blip2ImageTrainProcessor,
@@ -210,6 +210,7 @@ class WorldSizes:
     vision_steps: int = 1500
     vision_batch: int = 128
     vision_pool: int = 4000  # rendered training images the vision side sees (under random crops)
+    probe_images: int = 1000  # new images the linear probe of the frozen features trains on
     llm_steps: int = 800
     llm_batch: int = 32
     vocab_size: int = 600
@@ -368,12 +369,12 @@ def _features(side: VisionSide, images: list[Image.Image], image_size: int) -> t
 
 
 def probe_accuracy(
-    side: VisionSide, spec: WorldSpec, seed: int, heldout: list[tuple[Path, Thing, str]]
+    side: VisionSide, spec: WorldSpec, seed: int, heldout: list[tuple[Path, Thing, str]], images: int
 ) -> dict[str, float]:
     """A fresh linear classifier on the frozen query outputs (flattened), trained on new images and
     scored on the held-out ones: what the frozen vision side makes visible, per attribute."""
     rng = random.Random(f"{seed}-probe")
-    things = [sample_thing(rng) for _ in range(1000)]
+    things = [sample_thing(rng) for _ in range(images)]
     train = _features(side, [render(t, rng) for t in things], spec.image_size).flatten(1)
     test = _features(side, [Image.open(path).convert("RGB") for path, _, _ in heldout], spec.image_size).flatten(1)
     mean, std = train.mean(0), train.std(0) + 1e-6
@@ -406,8 +407,6 @@ def write_vision(side: VisionSide, spec: WorldSpec, weights: Path, generator: to
     torch.save(vit_state, vit_path)
     write_blip2(spec, blip2_path, trained_vit, generator)
     blip2 = torch.load(blip2_path, weights_only=True)
-    from minigpt4.models.qformer import ours_to_blip2
-
     trained = {"query_tokens": side.query_tokens.detach().clone()}
     trained.update({f"ln_vision.{k}": v for k, v in side.ln_vision.state_dict().items()})
     trained.update({ours_to_blip2(f"Qformer.{k}"): v for k, v in side.Qformer.state_dict().items()})
@@ -605,9 +604,9 @@ def make_world(out: Path, sizes: WorldSizes | None = None, spec: WorldSpec | Non
         llm_job = pool.submit(pretrain_llm, spec, sizes, weights / "vicuna_world", seed)
         side = pretrain_vision(spec, sizes, seed)
         llm = llm_job.result()
-    probe = probe_accuracy(side, spec, seed, heldout)
+    probe = probe_accuracy(side, spec, seed, heldout, sizes.probe_images)
     torch.manual_seed(seed)
-    probe_random = probe_accuracy(VisionSide(spec).eval(), spec, seed, heldout)
+    probe_random = probe_accuracy(VisionSide(spec).eval(), spec, seed, heldout, sizes.probe_images)
     logger.info("held-out linear-probe accuracy: pretrained %s; random vision side %s", probe, probe_random)
     write_vision(side, spec, weights, torch.Generator().manual_seed(seed))
     logger.info("LLM held-out loss %s", llm)
