@@ -489,7 +489,7 @@ def query_prefix(embed: nn.Embedding, sequences: Sequences, things: list[Thing],
     for thing in things:
         words = [torch.tensor(sequences.word_ids[w]) for w in thing.words()]
         vectors = torch.stack([embed(ids).mean(0) for ids in words])  # (A, H)
-        keep = torch.rand(sequences.queries, len(words), generator=None) < 0.7
+        keep = torch.rand(sequences.queries, len(words)) < 0.7
         keep[torch.randint(sequences.queries, (len(words),)), torch.arange(len(words))] = True
         slots = keep.float() @ vectors  # (Q, H)
         scale = slots.norm(dim=-1, keepdim=True).detach() / math.sqrt(hidden)
@@ -501,7 +501,7 @@ def llm_batch(llama, sequences: Sequences, things: list[Thing], rng: random.Rand
     """inputs_embeds (B, L, H) and labels (B, L) of a batch, right-padded."""
     embed = llama.get_input_embeddings()
     prefix = query_prefix(embed, sequences, things, rng)
-    if not informative:  # the same sizes with nothing to read in them
+    if not informative:  # another thing's words: inputs of the same kind that say nothing of this one
         prefix = prefix[torch.randperm(len(things))]
     rows, labels = [], []
     bos = sequences.tokenizer.bos_token_id
