@@ -85,6 +85,7 @@ SCORED = ("colour", "shape")
 # The world's training crops (vis_processor min_scale in its YAMLs): mild, so that no crop loses the shape.
 CROP_MIN_SCALE = 0.8
 RENDER_SIZE = 64  # pixels; the processors crop and resize to the model's image_size
+MISLED = 0.15  # the share of the LLM's training sequences whose query positions describe another thing
 SHIFT = 2  # pixels the shape's centre may move from the image's centre
 
 CAPTIONS = (
@@ -211,7 +212,7 @@ class WorldSizes:
     vision_batch: int = 128
     vision_pool: int = 4000  # rendered training images the vision side sees (under random crops)
     probe_images: int = 1000  # new images the linear probe of the frozen features trains on
-    llm_steps: int = 800
+    llm_steps: int = 1600  # in its own process, beside the vision side's steps
     llm_batch: int = 32
     vocab_size: int = 600
 
@@ -497,12 +498,25 @@ def query_prefix(embed: nn.Embedding, sequences: Sequences, things: list[Thing],
     return torch.stack(rows)
 
 
-def llm_batch(llama, sequences: Sequences, things: list[Thing], rng: random.Random, informative: bool = True):
+def llm_batch(
+    llama,
+    sequences: Sequences,
+    things: list[Thing],
+    rng: random.Random,
+    *,
+    informative: bool = True,
+    mislead: bool = False,
+):
     """inputs_embeds (B, L, H) and labels (B, L) of a batch, right-padded."""
     embed = llama.get_input_embeddings()
     prefix = query_prefix(embed, sequences, things, rng)
     if not informative:  # another thing's words: inputs of the same kind that say nothing of this one
         prefix = prefix[torch.randperm(len(things))]
+    elif mislead:
+        # Now and then another thing's words: the LLM also learns to stay with what its answer has
+        # already said (a description names the shape twice) when the image is unclear.
+        other = torch.randint(len(things), (len(things),))
+        prefix = torch.where((torch.rand(len(things)) < MISLED)[:, None, None], prefix[other], prefix)
     rows, labels = [], []
     bos = sequences.tokenizer.bos_token_id
     for i, thing in enumerate(things):
@@ -535,7 +549,8 @@ def pretrain_llm(spec: WorldSpec, sizes: WorldSizes, folder: Path, seed: int) ->
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=sizes.llm_steps, pct_start=0.1)
     llama.train()
     for step in range(sizes.llm_steps):
-        inputs, labels = llm_batch(llama, sequences, [sample_thing(rng) for _ in range(sizes.llm_batch)], rng)
+        things = [sample_thing(rng) for _ in range(sizes.llm_batch)]
+        inputs, labels = llm_batch(llama, sequences, things, rng, mislead=True)
         loss = llama(inputs_embeds=inputs, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -551,7 +566,9 @@ def pretrain_llm(spec: WorldSpec, sizes: WorldSizes, folder: Path, seed: int) ->
             state = held.getstate()
             total = []
             for _ in range(8):
-                inputs, labels = llm_batch(llama, sequences, [sample_thing(held) for _ in range(32)], held, informative)
+                inputs, labels = llm_batch(
+                    llama, sequences, [sample_thing(held) for _ in range(32)], held, informative=informative
+                )
                 total.append(llama(inputs_embeds=inputs, labels=labels).loss.item())
             held.setstate(state)
             losses[name] = round(sum(total) / len(total), 4)
