@@ -35,8 +35,9 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The embedded tiny default: tiny weights in the real formats and synthetic data under assets/tiny/
-# (made only where missing), then both training stages and a chat on a CPU (tools/quickstart.py).
+# The embedded tiny default: the tiny world under assets/world/ (tools/tiny_world.py) and the random
+# tiny assets of the tests under assets/tiny/ (made only where missing), then both training stages
+# on the world and the held-out score of Chat's answers on a CPU (tools/quickstart.py).
 tiny-assets: install
 	$(PY) tools/quickstart.py --assets-only
 

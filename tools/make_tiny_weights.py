@@ -197,11 +197,12 @@ def tokenizer_corpus(seed: int) -> list[str]:
     return corpus
 
 
-def write_tokenizer(folder: Path, vocab_size: int, seed: int) -> int:
-    """Train the sentencepiece model into ``folder`` with LLaMA's options; returns its size."""
+def write_tokenizer(folder: Path, vocab_size: int, seed: int, corpus: list[str] | None = None) -> int:
+    """Train the sentencepiece model into ``folder`` with LLaMA's options, on ``corpus`` (by
+    default :func:`tokenizer_corpus`); returns its size."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tokenizer_corpus(seed)),
+        sentence_iterator=iter(corpus if corpus is not None else tokenizer_corpus(seed)),
         model_writer=model,
         model_type="bpe",
         vocab_size=vocab_size,

@@ -1,27 +1,29 @@
-"""The quick start: MiniGPT-4's whole pipeline on the embedded tiny default, on a CPU.
+"""The quick start: MiniGPT-4's whole pipeline on the embedded tiny default, on a CPU, learning to see.
 
     make quickstart      # .venv/bin/python tools/quickstart.py
     make tiny-assets     # .venv/bin/python tools/quickstart.py --assets-only
 
-1. The tiny assets, only where missing: ``tools/make_tiny_weights.py`` writes tiny EVA ViT, BLIP-2
-   and Vicuna files in the real formats (with a trained sentencepiece tokenizer) to
-   ``assets/tiny/weights``; ``dataset/make_synthetic.py`` writes laion and cc_sbu shards and a
-   cc_sbu_align folder made from real photos to ``assets/tiny/data``.
+1. The assets, only where missing: the tiny world (``tools/tiny_world.py``: images of coloured
+   shapes with captions, descriptions and a held-out split, and frozen tiny ViT, Q-Former and
+   Vicuna files in the real formats that were taught the world) in ``assets/world``; and the
+   random tiny weights and photo data that the tests and benchmarks use (``assets/tiny``).
 2. Stage 1: ``torchrun --standalone --nproc-per-node 2 train.py --cfg-path
-   train_configs/minigpt4_stage1_tiny.yaml`` with 2 CPU processes (gloo).
-3. Stage 2: ``train.py --cfg-path train_configs/minigpt4_stage2_tiny.yaml`` from the stage-1
+   train_configs/minigpt4_stage1_world.yaml`` with 2 CPU processes (gloo); only ``llama_proj`` trains.
+3. Stage 2: ``train.py --cfg-path train_configs/minigpt4_stage2_world.yaml`` from the stage-1
    checkpoint (``model.ckpt``), one process, as the reference's single-GPU stage 2.
-4. Chat: the stage-2 model answers one question about a real photo through ``Chat``.
+4. The held-out score: ``Chat`` (``eval_configs/minigpt4_world_eval.yaml``) describes every
+   held-out image, once with the trained projection and once with an untrained one; the score is
+   the fraction of answers that name the image's colour and shape and no other.
 
-Each stage's TokensPerSec and output folder are printed at the end; the full console output of
-each stage is kept in ``output/quickstart/``. The tiny LLM is random and trains for seconds, so
-the answer is not meaningful: what the quick start shows is every piece running end to end on
-the real formats.
+Each stage's first and last loss, TokensPerSec and output folder are printed at the end, with a
+few held-out answers beside the images' true descriptions; the full console output of each stage
+is kept in ``output/quickstart/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -44,11 +46,14 @@ DATA = ASSETS / "data"
 # What a complete set holds (checked before generating anything).
 WEIGHT_FILES = ("eva_vit_tiny.pth", "blip2_tiny.pth", "vicuna_tiny/config.json", "vicuna_tiny/tokenizer.model")
 DATA_FILES = ("laion", "cc_sbu", "cc_sbu_align/filter_cap.json")
-STAGE1_CONFIG = "train_configs/minigpt4_stage1_tiny.yaml"
-STAGE2_CONFIG = "train_configs/minigpt4_stage2_tiny.yaml"
-EVAL_CONFIG = "eval_configs/minigpt4_tiny_eval.yaml"
+WORLD = Path("assets/world")
+WORLD_DONE = "world.json"  # written last, so its presence means a complete world
+STAGE1_CONFIG = "train_configs/minigpt4_stage1_world.yaml"
+STAGE2_CONFIG = "train_configs/minigpt4_stage2_world.yaml"
+EVAL_CONFIG = "eval_configs/minigpt4_world_eval.yaml"
 LOG_DIR = Path("output/quickstart")
 QUESTION = "Describe this image in detail."
+SHOWN_ANSWERS = 4
 
 # A child's log records start with a timestamp; the config dump's continuation lines do not.
 LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
@@ -79,6 +84,16 @@ def ensure_assets(root: Path) -> None:
     else:
         logger.info("tiny data: writing %s (laion and cc_sbu shards, a cc_sbu_align folder)", data)
         generate(data, [sys.executable, "dataset/make_synthetic.py"])
+
+
+def ensure_world(root: Path) -> None:
+    """``root/assets/world``, made only when incomplete (a few minutes on a CPU)."""
+    world = root / WORLD
+    if (world / WORLD_DONE).exists():
+        logger.info("tiny world: %s (present)", world)
+    else:
+        logger.info("tiny world: writing %s (images, captions, and frozen parts taught the world)", world)
+        generate(world, [sys.executable, "tools/tiny_world.py"])
 
 
 def run_stage(name: str, command: list[str]) -> tuple[Path, list[str]]:
@@ -119,21 +134,26 @@ def last_checkpoint(output_dir: Path) -> Path:
     return checkpoints[-1]
 
 
-def chat_about_a_photo(checkpoint: Path) -> str:
+def losses(steps: list[str]) -> tuple[float, float]:
+    """The first and the last logged loss."""
+    values = [float(re.search(r" loss=(\S+)", line).group(1)) for line in steps]
+    return values[0], values[-1]
+
+
+def heldout_scores(checkpoint: Path):
+    """Held-out score and answers with the trained projection, then with an untrained one."""
     import torch
-    from PIL import Image
-    from skimage import data as photos
 
-    from minigpt4.conversation.conversation import CONV_VISION
     from minigpt4.conversation.launch import build_chat
+    from tools.tiny_world import heldout_score, read_heldout
 
-    torch.manual_seed(0)
-    chat = build_chat(EVAL_CONFIG, [f"model.ckpt={checkpoint}"], torch.device("cpu"))
-    conv, img_list = CONV_VISION.copy(), []
-    chat.upload_img(Image.fromarray(photos.astronaut()), conv, img_list)
-    chat.ask(QUESTION, conv)
-    answer, _ = chat.answer(conv, img_list, max_new_tokens=40)
-    return answer
+    heldout = read_heldout(WORLD / "data" / "heldout")
+    results = []
+    for options in ([f"model.ckpt={checkpoint}"], []):
+        torch.manual_seed(0)  # the untrained projection's initial values
+        chat = build_chat(EVAL_CONFIG, options, torch.device("cpu"))
+        results.append(heldout_score(chat, heldout, QUESTION))
+    return heldout, results
 
 
 def main() -> None:
@@ -146,6 +166,7 @@ def main() -> None:
     setup_logger()
     os.chdir(REPO)
     start = time.perf_counter()
+    ensure_world(REPO)
     ensure_assets(REPO)
     if args.assets_only:
         return
@@ -160,22 +181,37 @@ def main() -> None:
         "stage2", [sys.executable, "train.py", "--cfg-path", STAGE2_CONFIG, *stage2_options]
     )
     stage2_ckpt = last_checkpoint(stage2_dir)
-    logger.info("chat: the stage-2 model (%s) looks at scikit-image's astronaut photo", stage2_ckpt)
-    answer = chat_about_a_photo(stage2_ckpt)
+    logger.info(
+        "held-out score: the stage-2 model (%s) and an untrained projection describe each held-out image", stage2_ckpt
+    )
+    heldout, ((trained, answers), (untrained, untrained_answers)) = heldout_scores(stage2_ckpt)
 
     logger.info("quick start done in %.0f s", time.perf_counter() - start)
     for name, steps, folder, ckpt in (
         ("stage 1 (torchrun, 2 CPU processes)", stage1_steps, stage1_dir, stage1_ckpt),
         ("stage 2 (1 CPU process, from stage 1)", stage2_steps, stage2_dir, stage2_ckpt),
     ):
-        rates = throughput(steps)
+        rates, (first, last) = throughput(steps), losses(steps)
         logger.info(
-            "%s: TokensPerSec=%.0f samples/s=%.1f step_time=%.4f s; outputs in %s (log.txt, %s)",
-            name, rates["TokensPerSec"], rates["samples/s"], rates["step_time"], folder, ckpt.name,
+            "%s: loss %.3f -> %.3f; TokensPerSec=%.0f samples/s=%.1f step_time=%.4f s; outputs in %s (log.txt, %s)",
+            name, first, last, rates["TokensPerSec"], rates["samples/s"], rates["step_time"], folder, ckpt.name,
         )  # fmt: skip
-    logger.info("chat: Q: %s", QUESTION)
-    logger.info("chat: A: %s", answer)
-    logger.info("(a random tiny LLM trained for seconds: the answer shows the pipeline runs, not that it sees)")
+    logger.info("Q (to each held-out image): %s", QUESTION)
+    for (path, _, truth), answer, guess in list(zip(heldout, answers, untrained_answers, strict=True))[:SHOWN_ANSWERS]:
+        logger.info("%s\n    true:      %s\n    trained:   %s\n    untrained: %s", path, truth, answer, guess)
+    world = json.loads((WORLD / WORLD_DONE).read_text())
+    logger.info(
+        "what the frozen parts know (assets/world/world.json): held-out linear-probe accuracy of the "
+        "vision features %s (a random vision side: %s); LLM held-out loss %.3f with the attribute words "
+        "where the image goes, %.3f with another image's, ln(vocab) %.2f",
+        world["probe_accuracy"], world["probe_accuracy_random_vision"], world["llm"]["heldout_loss"],
+        world["llm"]["heldout_loss_uninformative_prefix"], world["llm"]["ln_vocab"],
+    )  # fmt: skip
+    logger.info(
+        "held-out score (answers naming the right colour and shape, %d images): trained %.0f%%, "
+        "untrained projection %.0f%%",
+        len(heldout), 100 * trained, 100 * untrained,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
