@@ -315,7 +315,8 @@ def train_step(
         lr=0.0,
         data_time=0.0,
     )
-    metrics.add_grad_norm(step_optimizer(optimizer, scaler, fixed_scale, trainable, max_grad_norm=None))
+    norm = step_optimizer(optimizer, scaler, fixed_scale, trainable, max_grad_norm=None)
+    metrics.add_grad_norm(norm, not_applied=~torch.isfinite(norm))  # the scaler skips such a step
     return out
 
 

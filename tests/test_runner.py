@@ -411,6 +411,9 @@ def test_a_step_that_would_make_the_weights_non_finite_is_undone(tmp_path):
     before = {k: v.clone() for k, v in runner.model.state_dict().items()}
     runner.train()
     assert all(math.isfinite(h["loss"]) for h in runner.history)  # the undone steps left the model as it was
+    # every step was undone, and the log lines say so
+    run = runner.config.run_cfg
+    assert sum(h["nonfinite"] for h in runner.history) == run.max_epoch * run.iters_per_epoch // run.accum_grad_iters
     out = tmp_path / "out" / "job"
     checkpoints = sorted(out.glob("checkpoint_*.pth"))
     assert [p.name for p in checkpoints] == ["checkpoint_0.pth", "checkpoint_1.pth", "checkpoint_last.pth"]

@@ -90,12 +90,11 @@ class WindowStats:
     elapsed: float  # wall seconds (the slowest rank's)
     loss_sum: float  # over finite losses
     finite: int
-    nonfinite: int
+    nonfinite: int  # optimizer steps not applied (non-finite loss, gradient or updated weight)
     tokens: float  # real LLM input tokens
     padded_tokens: float
     samples: float
     data_time: float  # seconds this rank waited for batches
-    longest_nonfinite_run: int  # since the start of training
     grad_norm_sum: float = 0.0  # over the finite gradient norms of optimizer steps
     grad_norms: int = 0
     skipped: int = 0  # samples the loaders skipped for the batches of the window
@@ -139,33 +138,31 @@ class WindowStats:
             padded_tokens=self.padded_tokens + other.padded_tokens,
             samples=self.samples + other.samples,
             data_time=self.data_time + other.data_time,
-            longest_nonfinite_run=max(self.longest_nonfinite_run, other.longest_nonfinite_run),
             grad_norm_sum=self.grad_norm_sum + other.grad_norm_sum,
             grad_norms=self.grad_norms + other.grad_norms,
             skipped=self.skipped + other.skipped,
         )
 
 
-EMPTY_WINDOW = WindowStats(0, 0.0, 0.0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0)
+EMPTY_WINDOW = WindowStats(0, 0.0, 0.0, 0, 0, 0.0, 0.0, 0.0, 0.0)
 
 
 class StepMetrics:
     """Accumulates per-iteration figures without synchronising with the device, and reads them
     once per log interval: one device synchronisation and two all-reduces.
 
-    Per rank it sums the finite losses and counts them, counts non-finite losses and tracks the
-    current and longest runs of consecutive ones (device tensors), sums the finite gradient norms
-    of the optimizer steps and counts them (device tensors), and sums the real and padded
+    Per rank it sums the finite losses and counts them (device tensors), sums the finite gradient
+    norms of the optimizer steps and counts them and counts the steps that were not applied
+    (device tensors), and sums the real and padded
     LLM tokens and the samples the loaders skipped (tensors or ints, as the model and the batches
     hold them), the samples and the learning rate (host numbers). The windows read during an
     epoch add up to the epoch's figures."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._losses = torch.zeros(3, dtype=torch.float64, device=device)  # sum, finite, non-finite
+        self._losses = torch.zeros(2, dtype=torch.float64, device=device)  # sum, count (finite ones)
         self._grad_norms = torch.zeros(2, dtype=torch.float64, device=device)  # sum, count (finite ones)
-        self._run = torch.zeros((), dtype=torch.float64, device=device)
-        self._longest = torch.zeros((), dtype=torch.float64, device=device)
+        self._not_applied = torch.zeros((), dtype=torch.float64, device=device)  # optimizer steps
         self._epoch = EMPTY_WINDOW
         self._epoch_lr_sum = 0.0
         self.start_window()
@@ -174,6 +171,7 @@ class StepMetrics:
         synchronize(self.device)
         self._losses.zero_()
         self._grad_norms.zero_()
+        self._not_applied.zero_()
         self._tokens: torch.Tensor | int = 0
         self._padded: torch.Tensor | int = 0
         self._skipped: torch.Tensor | int = 0
@@ -197,10 +195,7 @@ class StepMetrics:
         device) or a count."""
         loss = loss.detach().double()
         finite = torch.isfinite(loss)
-        bad = (~finite).double()
-        self._losses += torch.stack([torch.where(finite, loss, 0.0), finite.double(), bad])
-        self._run = (self._run + 1.0) * bad
-        self._longest = torch.maximum(self._longest, self._run)
+        self._losses += torch.stack([torch.where(finite, loss, 0.0), finite.double()])
         self._tokens = self._tokens + tokens
         self._padded = self._padded + padded_tokens
         self._skipped = self._skipped + (skipped.sum() if torch.is_tensor(skipped) else skipped)
@@ -209,8 +204,10 @@ class StepMetrics:
         self._data_time += data_time
         self._iters += 1
 
-    def add_grad_norm(self, norm: torch.Tensor) -> None:
-        """The total gradient norm of one optimizer step (a device tensor; not read here)."""
+    def add_grad_norm(self, norm: torch.Tensor, not_applied: torch.Tensor) -> None:
+        """One optimizer step: its total gradient norm and whether the step was not applied
+        (device tensors; not read here)."""
+        self._not_applied += not_applied.double()
         norm = norm.detach().double()
         finite = torch.isfinite(norm)
         self._grad_norms += torch.stack([torch.where(finite, norm, 0.0), finite.double()])
@@ -227,9 +224,11 @@ class StepMetrics:
         # and count both grow by the number of ranks and the mean is unchanged.
         sums = all_reduce(torch.cat([self._losses, self._grad_norms, torch.stack(counts)]))
         elapsed_t = torch.tensor(elapsed, dtype=torch.float64, device=self.device)
-        maxes = all_reduce(torch.stack([self._longest, elapsed_t]), torch.distributed.ReduceOp.MAX)
-        loss_sum, finite, nonfinite, grad_norm_sum, grad_norms, tokens, padded, samples, skipped = sums.tolist()
-        longest, elapsed = maxes.tolist()
+        # Every rank takes the same step decisions (the gradients are all-reduced), so the count of
+        # steps not applied is the same everywhere: a maximum, not a sum.
+        maxes = all_reduce(torch.stack([self._not_applied, elapsed_t]), torch.distributed.ReduceOp.MAX)
+        loss_sum, finite, grad_norm_sum, grad_norms, tokens, padded, samples, skipped = sums.tolist()
+        nonfinite, elapsed = maxes.tolist()
         window = WindowStats(
             iters=self._iters,
             elapsed=elapsed,
@@ -240,7 +239,6 @@ class StepMetrics:
             padded_tokens=padded,
             samples=samples,
             data_time=self._data_time,
-            longest_nonfinite_run=int(longest),
             grad_norm_sum=grad_norm_sum,
             grad_norms=int(grad_norms),
             skipped=int(skipped),

@@ -264,8 +264,9 @@ class StepGuard:
 
     def step(
         self, scaler: torch.amp.GradScaler, fixed_scale: float | None, max_grad_norm: float | None
-    ) -> torch.Tensor:
-        """``step_optimizer``, undone where it made a parameter non-finite; returns the gradient norm."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``step_optimizer``, undone where it made a parameter non-finite; returns the gradient norm
+        and whether the step was not applied (device tensors)."""
         grads_ok = all_finite([p.grad for p in self.trainable if p.grad is not None])
         saved = [(p.detach().clone(), self._tensor_state(p, clone=True)) for p in self.trainable]
         norm = step_optimizer(self.optimizer, scaler, fixed_scale, self.trainable, max_grad_norm)
@@ -280,7 +281,7 @@ class StepGuard:
         self._run = (self._run + 1.0) * skipped
         self._longest = torch.maximum(self._longest, self._run)
         self._loss_bad.zero_()
-        return norm
+        return norm, skipped
 
     def longest_skipped_run(self) -> int:
         """The longest run of consecutive skipped steps on any rank (a host read and an all-reduce)."""
@@ -550,7 +551,7 @@ class RunnerBase:
                     data_time=data_time,
                 )
                 if optimizer_step:
-                    metrics.add_grad_norm(guard.step(scaler, fixed_scale, run.max_grad_norm))
+                    metrics.add_grad_norm(*guard.step(scaler, fixed_scale, run.max_grad_norm))
 
                 if step % run.log_freq == 0 or i == iters_per_epoch - 1:
                     stats = metrics.read()
