@@ -35,7 +35,7 @@ def load_gqa_questions(path: str | Path) -> dict[str, dict]:
         raise ScoringInputError(f"{path}: a GQA questions file is a JSON object keyed by question id")
     questions = {}
     for key, row in data.items():
-        types = row.get("types") or {} if isinstance(row, dict) else {}
+        types = (row.get("types") or {}) if isinstance(row, dict) else {}
         questions[str(key)] = {
             "answer": str(field_of(row, ["answer"], path, "answer")),
             "structural": types.get("structural"),
