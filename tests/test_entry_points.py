@@ -126,6 +126,7 @@ def test_train_errors_are_one_line(bad_files, monkeypatch):
     cases = {
         f"run.output_dir={bad_files / 'file' / 'out'}": r"run.output_dir: cannot write to",
         "run.iters_per_epoch=0": r"run.iters_per_epoch must be at least 1, got 0",
+        "run.max_epoch=0": r"run.max_epoch must be at least 1, got 0",
         f"run.resume_ckpt_path={bad_files / 'other.pth'}": r"other.pth was saved from a model of another size: "
         r"llama_proj.weight is \(3, 3\) in the file",
         f"model.llama_model={bad_files / 'no_vicuna'}": r"no_vicuna' is not a Vicuna/LLaMA folder",
