@@ -225,6 +225,7 @@ FAST_HELP = (
     "test/benchmark_dataloader.py",
     "tools/make_tiny_weights.py",
     "tools/quickstart.py",
+    "tools/torchvision_fix.py",
     "dataset/convert_cc_sbu.py",
     "dataset/convert_laion.py",
     "dataset/json_to_tsv.py",
