@@ -198,6 +198,7 @@ class Config:
         return self.config.model
 
     def get_config(self) -> DictConfig:
+        """The whole merged config (the reference's accessor, kept for the scripts that call it)."""
         return self.config
 
     def to_dict(self) -> dict[str, Any]:
