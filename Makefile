@@ -13,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCHVISION_SPEC ?= torchvision==0.28.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format browser-deps clean-venv tiny-assets quickstart
+.PHONY: install test test-fast lint format browser-deps clean-venv tiny-assets quickstart
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ $(STAMP): requirements.txt requirements-dev.txt tools/torchvision_fix.py
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# The inner loop: the tests that start no torchrun job and drive no browser (pyproject.toml's markers).
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not dist and not browser"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from minigpt4.common.cli import add_debug_argument, run_main
@@ -54,11 +55,19 @@ def main(argv: list[str] | None = None) -> RunnerBase:
     """Train as the config says; returns the runner (its ``history`` holds every log line's figures)."""
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help answers without loading torch.
+    import torch
+
     from minigpt4.common.config import Config
-    from minigpt4.common.dist_utils import broadcast_object, get_rank, init_distributed_mode, is_main_process
+    from minigpt4.common.dist_utils import (
+        broadcast_object,
+        get_rank,
+        get_world_size,
+        init_distributed_mode,
+        is_main_process,
+    )
     from minigpt4.common.logger import setup_logger
     from minigpt4.common.registry import registry
-    from minigpt4.runners.runner_base import discard_output_dir, setup_output_dir
+    from minigpt4.runners.runner_base import discard_output_dir, resolve_precision, setup_output_dir
     from minigpt4.tasks import setup_task
 
     cfg = Config(args)
@@ -69,7 +78,7 @@ def main(argv: list[str] | None = None) -> RunnerBase:
     output_dir = runner = None
     if is_main_process():
         output_dir = setup_output_dir(run_cfg, datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
-        logger.info("Outputs go to %s", output_dir.resolve())
+        logger.info("Outputs go to %s (log.txt there holds the full config)", output_dir.resolve())
     # One job id for all ranks: the folder rank 0 created (the reference let each rank read its own clock).
     job_id = broadcast_object(output_dir.name if output_dir else None)
     try:
@@ -77,9 +86,12 @@ def main(argv: list[str] | None = None) -> RunnerBase:
         task.check_inputs(cfg)
         runner_cls = registry.get_runner_class(run_cfg.runner)
         runner_cls.check_config(run_cfg)
-        cfg.pretty_print()
+        precision = str(resolve_precision(run_cfg, device) or torch.float32).removeprefix("torch.")
+        logger.info("Training %s", cfg.summary(get_world_size(), precision, str(device)))
+        start = time.perf_counter()
         datasets = task.build_datasets(cfg)
         model = task.build_model(cfg, device)
+        logger.info("Datasets and model ready in %.1f s", time.perf_counter() - start)
         runner = runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
         runner.train()
     except BaseException:

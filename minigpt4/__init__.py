@@ -24,6 +24,7 @@ def _register_all() -> None:
 
 
 registry.load_on_first_lookup(_register_all)
+# The reference's registered paths: nothing here reads them, users' scripts do (registry.get_path).
 registry.register_path("library_root", str(LIBRARY_ROOT))
 registry.register_path("repo_root", str(REPO_ROOT))
 

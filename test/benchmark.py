@@ -80,13 +80,70 @@ from typing import Any
 # Run as a script from anywhere: the package and tools/ live one folder up.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from minigpt4.common.cli import add_debug_argument, run_main
+
+# The names --size and --stage take (SIZES and STAGES below hold what they mean), here so that the
+# parser needs nothing heavy.
+SIZE_NAMES = ("13b", "7b", "tiny")
+STAGE_NUMBERS = (1, 2)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=SIZE_NAMES, default="7b", help="the architecture (default: 7b)")
+    parser.add_argument(
+        "--stage", type=int, choices=STAGE_NUMBERS, default=1, help="whose YAML and captions (default: 1)"
+    )
+    parser.add_argument("--device", choices=("cuda", "npu", "cpu"), default="cuda", help="(default: cuda)")
+    parser.add_argument("--batch-size", type=int, help="per device; default: the stage YAML's (64 or 12)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="auto: the runner's choice (bf16 where supported, else fp16; fp32 on a CPU)",
+    )
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak dense TFLOP/s, for MFU (else by name)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each ViT block and LLM decoder layer (give it --warmup 5: shapes vary at first)",
+    )
+    parser.add_argument(
+        "--length-grouping",
+        type=int,
+        default=0,
+        metavar="N",
+        help="batches of similar caption length, as run.length_grouping N groups them (0: off)",
+    )
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="profile a few more steps; trace and table here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: OMP_NUM_THREADS if set, else the cores this process may use)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, data and sampling (default: 0)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    add_debug_argument(parser)
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.length_grouping < 0:
+        parser.error("--steps must be at least 1, --warmup and --length-grouping at least 0")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    return args
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and a bad option answer before torch and the model code load
+
+# ruff: noqa: E402 (the heavy imports come after that early parse on purpose)
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from transformers import LlamaConfig
 
 from minigpt4 import REPO_ROOT
-from minigpt4.common.cli import add_debug_argument, run_main
 from minigpt4.common.device import accelerator_name, autocast, init_device, resolve_device, synchronize
 from minigpt4.common.flops import minigpt4_flop_model, peak_flops
 from minigpt4.common.logger import StepMetrics, peak_memory_mib, setup_logger
@@ -348,52 +405,6 @@ def profile_steps(step: Callable[[int], object], device: torch.device, folder: P
         "trace": str(trace),
         "ops": str(ops),
     }
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="7b", help="the architecture (default: 7b)")
-    parser.add_argument(
-        "--stage", type=int, choices=sorted(STAGES), default=1, help="whose YAML and captions (default: 1)"
-    )
-    parser.add_argument("--device", choices=("cuda", "npu", "cpu"), default="cuda", help="(default: cuda)")
-    parser.add_argument("--batch-size", type=int, help="per device; default: the stage YAML's (64 or 12)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument(
-        "--dtype",
-        choices=("auto", "bf16", "fp16", "fp32"),
-        default="auto",
-        help="auto: the runner's choice (bf16 where supported, else fp16; fp32 on a CPU)",
-    )
-    parser.add_argument("--peak-tflops", type=float, help="the device's peak dense TFLOP/s, for MFU (else by name)")
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile each ViT block and LLM decoder layer (give it --warmup 5: shapes vary at first)",
-    )
-    parser.add_argument(
-        "--length-grouping",
-        type=int,
-        default=0,
-        metavar="N",
-        help="batches of similar caption length, as run.length_grouping N groups them (0: off)",
-    )
-    parser.add_argument("--profile", type=Path, metavar="DIR", help="profile a few more steps; trace and table here")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (default: OMP_NUM_THREADS if set, else the cores this process may use)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, data and sampling (default: 0)")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    add_debug_argument(parser)
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.length_grouping < 0:
-        parser.error("--steps must be at least 1, --warmup and --length-grouping at least 0")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be at least 1")
-    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

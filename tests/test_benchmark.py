@@ -170,6 +170,14 @@ def test_full_size_7b_builds_on_meta_with_the_documented_flop_counts(tmp_path_fa
     assert all(p.device.type == "meta" for p in model.parameters())
 
 
+def test_the_parser_offers_exactly_the_sizes_and_stages_the_benchmark_knows():
+    # The parser is built before the heavy imports, from names kept apart from SIZES and STAGES.
+    assert sorted(bench.SIZE_NAMES) == sorted(bench.SIZES)
+    assert sorted(bench.STAGE_NUMBERS) == sorted(bench.STAGES)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--size", "3b"])
+
+
 def test_full_size_13b_llm_shape(tmp_path_factory):
     fm = bench.minigpt4_flop_model(build_meta(tmp_path_factory, "13b"))
     assert fm.llm_matmul_params == LLAMA_13B_MATMUL == 12_851_609_600

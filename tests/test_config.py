@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
+from omegaconf import OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 
 from minigpt4.common.config import Config, ConfigError, options_to_dotlist
@@ -191,6 +192,8 @@ def test_read_only_and_serialisable(tmp_path, model_defaults, caplog):
         cfg.datasets_cfg.laion.build_info.storage = "x"
     as_dict = cfg.to_dict()
     assert as_dict["model"]["max_txt_len"] == 20
+    whole = cfg.get_config()  # the reference's accessor: the same merged, read-only config
+    assert OmegaConf.is_readonly(whole) and OmegaConf.to_container(whole, resolve=True) == as_dict
     assert as_dict["datasets"]["laion"]["sample_ratio"] == 115.0
     as_dict["model"]["max_txt_len"] = 0  # a plain copy
     assert cfg.model_cfg.max_txt_len == 20

@@ -126,6 +126,7 @@ def test_train_errors_are_one_line(bad_files, monkeypatch):
     cases = {
         f"run.output_dir={bad_files / 'file' / 'out'}": r"run.output_dir: cannot write to",
         "run.iters_per_epoch=0": r"run.iters_per_epoch must be at least 1, got 0",
+        "run.max_epoch=0": r"run.max_epoch must be at least 1, got 0",
         f"run.resume_ckpt_path={bad_files / 'other.pth'}": r"other.pth was saved from a model of another size: "
         r"llama_proj.weight is \(3, 3\) in the file",
         f"model.llama_model={bad_files / 'no_vicuna'}": r"no_vicuna' is not a Vicuna/LLaMA folder",
@@ -213,3 +214,41 @@ def test_cpu_processes_share_the_cores_and_an_explicit_count_wins():
     assert int(two_ranks.stdout) == max(1, cores // 2)
     explicit = script("-c", THREADS, env={"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "3"})
     assert int(explicit.stdout) == 3
+
+
+# Entry points whose --help must answer without importing torch (about a second).
+FAST_HELP = (
+    "train.py",
+    "demo.py",
+    "inference.py",
+    "test/benchmark.py",
+    "test/benchmark_dataloader.py",
+    "tools/make_tiny_weights.py",
+    "tools/quickstart.py",
+    "tools/torchvision_fix.py",
+    "dataset/convert_cc_sbu.py",
+    "dataset/convert_laion.py",
+    "dataset/json_to_tsv.py",
+    "dataset/make_synthetic.py",
+)
+HELP_PROBE = """
+import os, runpy, sys
+script = sys.argv[1]
+sys.argv = [script, "--help"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python script` does
+try:
+    runpy.run_path(script, run_name="__main__")
+except SystemExit as ended:
+    assert ended.code in (0, None), ended.code
+print("TORCH_LOADED" if "torch" in sys.modules else "TORCH_NOT_LOADED")
+"""
+
+
+@pytest.mark.parametrize("script", FAST_HELP)
+def test_help_answers_without_loading_torch(script):
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_PROBE, script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout and "--help" in result.stdout, result.stdout
+    assert result.stdout.rstrip().endswith("TORCH_NOT_LOADED"), f"{script} --help imported torch"

@@ -95,6 +95,32 @@ def test_pretrain_then_finetune_on_cpu(tmp_path):
     assert SUMMARY.match(finetune.stdout.splitlines()[-1]), finetune.stdout[-2000:]
 
 
+@pytest.mark.dist
+@pytest.mark.parametrize("script", ["pretrain_gpt_4p.sh", "finetune_gpt_1p.sh"])
+def test_the_ascend_overrides_apply_to_the_default_config_only(tmp_path, script):
+    """The launch line shows the options; an unknown key then stops train.py before anything loads."""
+    env = {key: value for key, value in os.environ.items() if key not in ("CONFIG", "OPTIONS")}
+    env.update(LOG_DIR=str(tmp_path / "logs"), HF_HUB_OFFLINE="1", PYTHON=sys.executable, GPUS_PER_NODE="1")
+    env["MASTER_PORT"] = str(free_port())
+    launch_lines = {}
+    for config in (None, STAGE1_TINY if script.startswith("pretrain") else STAGE2_TINY):
+        run_env = env if config is None else {**env, "CONFIG": str(config)}
+        result = subprocess.run(
+            ["bash", str(SCRIPTS / script), "run.no_such_key=1"],
+            env=run_env,
+            cwd=SCRIPTS.parent,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode != 0 and "unknown key 'run.no_such_key'" in result.stdout + result.stderr
+        launch_lines[config] = result.stdout.splitlines()[0]
+    default, tiny = launch_lines.values()
+    assert "run.batch_size_train=" in default and "run.max_epoch=" in default, default
+    assert "run.batch_size_train=" not in tiny and "run.max_epoch=" not in tiny, tiny
+    assert tiny.endswith("--options run.device=auto run.no_such_key=1"), tiny
+
+
 @pytest.mark.slow
 def test_the_first_error_stops_the_script(tmp_path):
     result = launch("finetune_gpt_1p.sh", tmp_path, STAGE2_TINY, "", "run.no_such_key=1")

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from minigpt4.common.registry import Registry, UnknownNameError
@@ -40,7 +42,13 @@ def test_paths():
 
 
 def test_package_registers_its_paths():
+    """The reference's two registered paths, which users' scripts read: the package folder and
+    the checkout above it (found here from files that must be there, not from the constants)."""
     import minigpt4
     from minigpt4.common.registry import registry
 
-    assert registry.get_path("library_root") == str(minigpt4.LIBRARY_ROOT)
+    library_root = Path(registry.get_path("library_root"))
+    assert library_root == Path(minigpt4.__file__).resolve().parent
+    assert (library_root / "configs" / "models" / "minigpt4.yaml").is_file()
+    repo_root = Path(registry.get_path("repo_root"))
+    assert repo_root == library_root.parent and (repo_root / "train.py").is_file()

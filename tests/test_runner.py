@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 import minigpt4  # registers every name
 from minigpt4.common import logger as logger_module
 from minigpt4.common.checkpoint import CheckpointError, load_checkpoint, resume_checkpoint
+from minigpt4.common.config import ConfigError
 from minigpt4.common.logger import uniform_loss_warning
 from minigpt4.common.schema import RunConfig
 from minigpt4.runners.runner_base import (
@@ -272,9 +273,10 @@ def test_accumulation_steps_every_n_iterations(tmp_path):
         train(tmp_path, job_id="bad", max_epoch=1, iters_per_epoch=6, accum_grad_iters=4)
 
 
-@pytest.mark.parametrize("key", ["iters_per_epoch", "accum_grad_iters", "batch_size_train", "log_freq"])
+@pytest.mark.parametrize("key", ["max_epoch", "iters_per_epoch", "accum_grad_iters", "batch_size_train", "log_freq"])
 def test_counts_below_one_are_refused(tmp_path, key):
-    with pytest.raises(ValueError, match=rf"run.{key} must be at least 1, got 0"):
+    # max_epoch 0 would otherwise end at once with status 0 and nothing trained.
+    with pytest.raises(ConfigError, match=rf"run.{key} must be at least 1, got 0"):
         RunnerBase.check_config(RunOnly(**run_keys(tmp_path, **{key: 0})).run_cfg)
 
 

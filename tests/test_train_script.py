@@ -5,6 +5,7 @@ as a plain ``python train.py`` process."""
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import math
 import re
@@ -137,6 +138,15 @@ def test_plain_python_process(tmp_path):
     assert "train: step=3/3 " in result.stderr
     (job,) = (tmp_path / "out").iterdir()
     assert sorted(p.name for p in job.iterdir()) == ["checkpoint_0.pth", "log.txt", "tensorboard"]
+    # The console gets a one-line summary and no config dump or library progress bar; log.txt the config.
+    (summary,) = [line for line in result.stderr.splitlines() if "[INFO] Training mini_gpt4" in line]
+    assert "datasets laion (" in summary and ", cc_sbu (" in summary and "batch 8 x 1 ranks" in summary, summary
+    assert "precision float32, device cpu" in summary and "vicuna_tiny" in summary, summary
+    assert f"Outputs go to {job.resolve()} (log.txt there holds the full config)" in result.stderr
+    assert "Running Parameters" not in result.stderr and '"init_lr"' not in result.stderr
+    assert "Loading weights" not in result.stderr and "it/s]" not in result.stderr
+    assert len(result.stderr.splitlines()) < 30, result.stderr
+    assert json.loads(job.joinpath("log.txt").read_text().split("\n}\n")[0] + "}")["run"]["iters_per_epoch"] == 3
 
 
 def test_a_wrong_key_or_path_ends_the_script_with_one_line(tmp_path):

@@ -17,6 +17,28 @@ REPO = Path(minigpt4.REPO_ROOT)
 USER_YAMLS = sorted([*(REPO / "train_configs").glob("*.yaml"), *(REPO / "eval_configs").glob("*.yaml")])
 DEFAULT_YAMLS = sorted((REPO / "minigpt4" / "configs").rglob("*.yaml"))
 PROCESSOR_KINDS = ("vis_processor", "text_processor")
+# The reference's registered names and the classes behind them.
+REFERENCE_CLASSES = {
+    "mini_gpt4": "MiniGPT4",
+    "laion": "LaionBuilder",
+    "cc_sbu": "CCSBUBuilder",
+    "cc_sbu_align": "CCSBUAlignBuilder",
+    "blip_caption": "BlipCaptionProcessor",
+    "blip2_image_train": "Blip2ImageTrainProcessor",
+    "blip2_image_eval": "Blip2ImageEvalProcessor",
+    "image_text_pretrain": "ImageTextPretrainTask",
+    "runner_base": "RunnerBase",
+    "linear_warmup_step_lr": "LinearWarmupStepLRScheduler",
+    "linear_warmup_cosine_lr": "LinearWarmupCosineLRScheduler",
+}
+LISTS = {
+    "model": "list_models",
+    "builder": "list_datasets",
+    "processor": "list_processors",
+    "task": "list_tasks",
+    "runner": "list_runners",
+    "lr_scheduler": "list_lr_schedulers",
+}
 
 
 def names_in(path: Path) -> list[tuple[str, str, str]]:
@@ -58,8 +80,12 @@ def test_the_reference_files_are_all_there():
 def test_every_name_resolves(path):
     found = names_in(path)
     for key, kind, name in found:
-        getter = getattr(registry, f"get_{kind}_class")
-        assert getter(name) is not None, f"{path}: {key}"
+        cls = getattr(registry, f"get_{kind}_class")(name)  # raises UnknownNameError for an unknown name
+        # The reference's names map to the classes its YAML meant (a name registered twice over,
+        # or on the wrong class, shows here); names added since must be listed by their kind.
+        if name in REFERENCE_CLASSES:
+            assert cls.__name__ == REFERENCE_CLASSES[name], f"{path}: {key} is {cls.__name__}"
+        assert name in getattr(registry, LISTS[kind])(), f"{path}: {key}"
     if path in USER_YAMLS:
         assert {kind for _, kind, _ in found} >= {"model", "builder", "processor", "task"}
 

@@ -30,25 +30,59 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import sentencepiece as spm
-import torch
-from omegaconf import OmegaConf
-from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
-
 # Run as ``python tools/make_tiny_weights.py``, the repository root is not on the import path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minigpt4.common.cli import add_debug_argument, run_main
 from minigpt4.common.schema import QFormerArch, VitArch
-from minigpt4.models.eva_vit import build_eva_vit
-from minigpt4.models.qformer import build_qformer, ours_to_blip2
 
 # The architecture of the golden parity set, small enough for a ~0.01 s training step on a CPU.
 TINY_VIT_ARCH = VitArch(patch_size=14, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.3637)
 TINY_QFORMER_ARCH = QFormerArch(
     hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, cross_attention_freq=2
 )
+
+
+@dataclass
+class TinySpec:
+    """What to write. The defaults are the golden parity set's architecture."""
+
+    image_size: int = 56
+    vit_arch: VitArch = field(default_factory=lambda: replace(TINY_VIT_ARCH))
+    qformer_arch: QFormerArch = field(default_factory=lambda: replace(TINY_QFORMER_ARCH))
+    num_query_token: int = 8
+    llm_hidden_size: int = 64
+    llm_intermediate_size: int = 128
+    llm_layers: int = 2
+    llm_heads: int = 4
+    vocab_size: int = 1000
+    seed: int = 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder to write the weights into")
+    parser.add_argument(
+        "--image-size", type=int, default=TinySpec.image_size, help=f"image side (default: {TinySpec.image_size})"
+    )
+    parser.add_argument("--seed", type=int, default=TinySpec.seed, help=f"seeds the weights (default: {TinySpec.seed})")
+    add_debug_argument(parser)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and a bad option answer before torch and transformers load
+
+# ruff: noqa: E402 (the heavy imports come after that early parse on purpose)
+import sentencepiece as spm
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from minigpt4.models.eva_vit import build_eva_vit
+from minigpt4.models.qformer import build_qformer, ours_to_blip2
+
 # Sizes of the BERT parts that MiniGPT-4 discards (any values do; these are the golden set's).
 BERT_VOCAB = 128
 BERT_POSITIONS = 64
@@ -75,22 +109,6 @@ _PROMPTS = (
     "Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide "
     "it to you. Please answer my questions.###Human: What is in this image?###Assistant: It shows 3 cats.",
 )
-
-
-@dataclass
-class TinySpec:
-    """What to write. The defaults are the golden parity set's architecture."""
-
-    image_size: int = 56
-    vit_arch: VitArch = field(default_factory=lambda: replace(TINY_VIT_ARCH))
-    qformer_arch: QFormerArch = field(default_factory=lambda: replace(TINY_QFORMER_ARCH))
-    num_query_token: int = 8
-    llm_hidden_size: int = 64
-    llm_intermediate_size: int = 128
-    llm_layers: int = 2
-    llm_heads: int = 4
-    vocab_size: int = 1000
-    seed: int = 0
 
 
 @dataclass
@@ -283,14 +301,7 @@ def make_tiny_weights(out: Path, spec: TinySpec | None = None) -> TinyWeights:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="folder to write the weights into")
-    parser.add_argument(
-        "--image-size", type=int, default=TinySpec.image_size, help=f"image side (default: {TinySpec.image_size})"
-    )
-    parser.add_argument("--seed", type=int, default=TinySpec.seed, help=f"seeds the weights (default: {TinySpec.seed})")
-    add_debug_argument(parser)
-    args = parser.parse_args()
+    args = parse_args()
     weights = make_tiny_weights(args.out, TinySpec(image_size=args.image_size, seed=args.seed))
     sys.stdout.write(OmegaConf.to_yaml({"model": weights.model_config()}))
 

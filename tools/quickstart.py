@@ -55,7 +55,8 @@ LOG_DIR = Path("output/quickstart")
 QUESTION = "Describe this image in detail."
 SHOWN_ANSWERS = 4
 
-# A child's log records start with a timestamp; the config dump's continuation lines do not.
+# A child's log records start with a timestamp; a multi-line record's continuation lines do not,
+# and are echoed with it (tqdm bars and other library output are not).
 LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 OUTPUTS = re.compile(r"Outputs go to (\S+)")
 
@@ -106,10 +107,16 @@ def run_stage(name: str, command: list[str]) -> tuple[Path, list[str]]:
         process = subprocess.Popen(
             command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
+        in_record = False
         for line in process.stdout:
             log.write(line)
             if LOG_RECORD.match(line):
+                in_record = True
                 sys.stderr.write(f"    {line}")
+            elif in_record and line.strip() and "\r" not in line:
+                sys.stderr.write(f"        {line}")
+            else:
+                in_record = False
             if match := OUTPUTS.search(line):
                 output_dir = Path(match.group(1))
             if "train: step=" in line:

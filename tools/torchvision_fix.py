@@ -17,6 +17,7 @@ extension did not load. If torchvision works on its own, any earlier hook is rem
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import sysconfig
@@ -101,4 +102,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # Any argument is refused and --help answers, so that asking for help never installs anything.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     sys.exit(main())

@@ -198,10 +198,22 @@ class Config:
         return self.config.model
 
     def get_config(self) -> DictConfig:
+        """The whole merged config (the reference's accessor, kept for the scripts that call it)."""
         return self.config
 
     def to_dict(self) -> dict[str, Any]:
         return OmegaConf.to_container(self.config, resolve=True)
+
+    def summary(self, world_size: int, precision: str, device: str) -> str:
+        """The run in one line for the console: what trains on what, and how (``pretty_print``
+        and the run's ``log.txt`` hold the whole config)."""
+        model, run = self.model_cfg, self.run_cfg
+        datasets = ", ".join(f"{name} ({dataset.build_info.storage})" for name, dataset in self.datasets_cfg.items())
+        return (
+            f"{model.arch} ({model.model_type}), LLM {model.llama_model or '(none)'}; datasets {datasets}; batch "
+            f"{run.batch_size_train} x {world_size} ranks, {run.max_epoch} epochs x {run.iters_per_epoch} "
+            f"iterations, precision {precision}, device {device}"
+        )
 
     def pretty_print(self) -> None:
         """Log the run, each dataset and the model section as indented JSON."""

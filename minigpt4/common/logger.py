@@ -49,7 +49,8 @@ HANDLER_NAME = "minigpt4"
 
 
 def setup_logger(rank: int = 0) -> None:
-    """INFO on rank 0, WARNING elsewhere, one console handler (calling it again replaces it)."""
+    """INFO on rank 0, WARNING elsewhere, one console handler (calling it again replaces it), and
+    no library progress bars."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
         root.removeHandler(handler)
@@ -58,6 +59,11 @@ def setup_logger(rank: int = 0) -> None:
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    # transformers draws a "Loading weights" bar per load on every rank; rank 0's log lines say
+    # what is loading instead.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def append_log_txt(output_dir: Path, text: str) -> None:

@@ -390,7 +390,7 @@ class RunnerBase:
                 "run.evaluate, run.valid_splits, run.test_splits: the image_text_pretrain task has no evaluation "
                 "(the reference's did nothing); set evaluate: False and leave the valid and test splits empty"
             )
-        for key in ("iters_per_epoch", "accum_grad_iters", "batch_size_train", "log_freq"):
+        for key in ("max_epoch", "iters_per_epoch", "accum_grad_iters", "batch_size_train", "log_freq"):
             if run_cfg[key] < 1:
                 raise ConfigError(f"run.{key} must be at least 1, got {run_cfg[key]}")
         if run_cfg.length_grouping < 0:
