@@ -49,10 +49,10 @@ from minigpt4.common.config import Config
 from minigpt4.common.errors import MiniGPT4Error
 from minigpt4.common.logger import setup_logger
 from minigpt4.models import blip2_hf
-from minigpt4.models.checkpoint_files import read_checkpoint_header, safetensors_dtype, torch_load_mmap
+from minigpt4.models.checkpoint_files import read_checkpoint_header, safetensors_dtype
 from minigpt4.models.eva_vit import build_eva_vit, report_vit_keys
 from minigpt4.models.llm import build_llama, check_llama_tokenizer, llama_folder, llama_size_name, read_llama_config
-from minigpt4.models.loaders import WeightLoadError, cache_dir, is_url
+from minigpt4.models.loaders import WeightLoadError, cache_dir, is_url, torch_load
 from minigpt4.models.mini_gpt4 import (
     PATCHES_PER_TOKEN,
     CheckpointTarget,
@@ -178,7 +178,7 @@ def local_file(cfg: Config, key: str, report: Report) -> tuple[Row, Path | None]
 def pth_shapes(path: Path, row: Row, report: Report, entry: str | None) -> tuple[dict[str, Shape], list] | None:
     """Shapes and dtypes of a memory-mapped ``.pth`` (of its ``entry`` if given); None on failure."""
     try:
-        content = torch_load_mmap(path)
+        content = torch_load(path, mmap=True)
     except MiniGPT4Error as error:
         report.fail(row, one_line(error))
         return None
@@ -311,7 +311,7 @@ def read_weight_folder(folder: Path, row: Row, report: Report) -> WeightFolder |
             if kind == "safetensors":
                 shapes, dtypes = _safetensors_header(shard)
             else:
-                state = torch_load_mmap(shard)
+                state = torch_load(shard, mmap=True)
                 if not isinstance(state, dict):
                     raise ValueError(f"{shard} does not hold a state dict")
                 shapes = {key: tuple(value.shape) for key, value in state.items()}
@@ -341,7 +341,7 @@ def read_tensors(found: WeightFolder, keys: Iterable[str]) -> dict[str, torch.Te
             with safe_open(str(shard), framework="pt", device="cpu") as handle:
                 tensors.update({name: handle.get_tensor(name) for name in names})
         else:
-            state = torch_load_mmap(shard)
+            state = torch_load(shard, mmap=True)
             tensors.update({name: state[name].clone() for name in names})
     return tensors
 

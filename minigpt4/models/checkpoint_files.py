@@ -16,9 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +162,7 @@ def read_checkpoint_header(path: Path) -> CheckpointHeader:
                 shapes[key] = tuple(tensor_slice.get_shape())
                 dtypes[key] = safetensors_dtype(tensor_slice.get_dtype())
             return CheckpointHeader(file, "safetensors", shapes, dtypes, _metadata(file, handle.metadata()))
-    checkpoint = torch_load_mmap(path)
+    checkpoint = torch_load(path, mmap=True)
     state = pth_model_entry(checkpoint, path)
     return CheckpointHeader(
         path,
@@ -187,18 +185,6 @@ _SAFETENSORS_DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-
-
-def torch_load_mmap(path: Path) -> object:
-    """:func:`torch_load` memory-mapped: tensors are read only where they are used. Anything that
-    cannot be mapped (a folder, a legacy pre-zip file, a damaged one) goes through
-    :func:`torch_load`, which reads a legacy file whole and refuses the others in words."""
-    if path.is_dir() or not zipfile.is_zipfile(path):
-        return torch_load(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, OSError):
-        return torch_load(path)
 
 
 def safetensors_dtype(name: str) -> torch.dtype | str:
