@@ -16,7 +16,9 @@ Per training sample of MiniGPT-4 with a frozen LLM:
 * LLM: ``4 * N`` per token, with ``N`` the weights of its matrix multiplies including the output
   head (the input embedding is a lookup). A frozen LLM still runs its backward pass through the
   activations, so that gradients reach the image tokens, but computes no weight gradients:
-  forward ``2N`` plus backward ``2N``. A trainable LLM would add ``2N`` for weight gradients. The
+  forward ``2N`` plus backward ``2N``. A trainable LLM would add ``2N`` for weight gradients;
+  LoRA adapters (``model.lora_r``) add ``2 N_lora`` for theirs, ``N_lora`` being the adapter
+  weights (already inside ``N``, which counts every Linear of the adapted LLM). The
   attention products (scores and weighted sum, no weights) add ``12 * L * T * D`` per token in
   sequences of ``T`` tokens: ``4 * T * D`` forward per layer and twice that backward, since the
   gradient must reach the queries, keys and values. This counts the full ``T x T`` square, as
@@ -72,6 +74,8 @@ class FlopModel:
     llm_hidden: int
     projection_params: int = 0
     llm_trainable: bool = False
+    # Weights of the trainable Linears inside an otherwise frozen LLM (LoRA adapters).
+    llm_adapter_params: int = 0
 
     def vision_flops_per_image(self) -> float:
         t = self.vit_tokens
@@ -82,7 +86,8 @@ class FlopModel:
 
     def llm_flops(self, tokens: int, seq_len: int) -> float:
         """FLOPs of forward + backward for ``tokens`` LLM tokens in sequences of ``seq_len``."""
-        per_token = (6 if self.llm_trainable else 4) * self.llm_matmul_params
+        weight_grads = self.llm_matmul_params if self.llm_trainable else self.llm_adapter_params
+        per_token = 4 * self.llm_matmul_params + 2 * weight_grads
         attention = 12 * self.llm_layers * seq_len * self.llm_hidden
         return float(tokens * (per_token + attention))
 
@@ -113,6 +118,10 @@ def minigpt4_flop_model(model: nn.Module) -> FlopModel:
     one), ``num_image_tokens``, ``llama_proj``, ``llama_model``), counted from its modules; works on
     the meta device."""
     vit, qformer, llm = model.visual_encoder, model.Qformer, model.llama_model
+    linears = [m for m in llm.modules() if isinstance(m, nn.Linear)]
+    trainable_linear = sum(m.weight.numel() for m in linears if m.weight.requires_grad)
+    # Every Linear trains: a trained LLM; some of them (LoRA adapters): weight gradients for those.
+    llm_trainable = bool(linears) and all(m.weight.requires_grad for m in linears)
     cross_kv = (
         sum(
             m.weight.numel()
@@ -134,5 +143,6 @@ def minigpt4_flop_model(model: nn.Module) -> FlopModel:
         llm_layers=llm.config.num_hidden_layers,
         llm_hidden=llm.config.hidden_size,
         projection_params=linear_weight_params(model.llama_proj),
-        llm_trainable=any(p.requires_grad for p in llm.parameters()),
+        llm_trainable=llm_trainable,
+        llm_adapter_params=0 if llm_trainable else trainable_linear,
     )

@@ -111,6 +111,15 @@ class ModelConfig:
     # as the reference's demo; ``model.to(device)`` then moves the Q-Former and llama_proj only.
     low_resource: bool = False
     device_8bit: int = 0
+    # LoRA adapters on the LLM (upstream's later keys, through peft; see models/lora.py). 0: none,
+    # the LLM frozen whole and only llama_proj trains (the reference). N > 0: rank-N adapters on
+    # every LLM Linear named in lora_target_modules (its full name or its last components), scaled
+    # by lora_alpha / lora_r, with lora_dropout on their input; they train beside llama_proj and
+    # are saved in the checkpoints. The defaults are upstream's MiniGPTBase's.
+    lora_r: int = 0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
     # A MiniGPT-4 checkpoint loaded last: the released projection file or a training checkpoint
     # (``.pth``, ``{'model': ...}``), or its export by tools/export_checkpoint.py (a folder holding
     # model.safetensors, or that file).

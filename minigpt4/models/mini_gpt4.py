@@ -53,6 +53,14 @@ from minigpt4.models.llm import (
     read_llama_config,
 )
 from minigpt4.models.loaders import WeightLoadError, check_state_dict, resolve_weights, skip_random_init
+from minigpt4.models.lora import (
+    add_lora,
+    check_checkpoint_adapters,
+    check_lora,
+    explain_adapter_shape,
+    set_adapter_mode,
+)
+from minigpt4.models.lora import checkpoint_name as lora_checkpoint_name
 from minigpt4.models.qformer import blip2_to_ours, build_qformer, load_blip2_qformer
 
 logger = logging.getLogger(__name__)
@@ -282,6 +290,7 @@ class MiniGPT4(nn.Module):
             self.Qformer.requires_grad_(not self.freeze_qformer)
             self.query_tokens.requires_grad_(not self.freeze_qformer)
         self.llama_model.requires_grad_(False)
+        check_lora(cfg, llama_model)  # the adapters themselves are added once the LLM has its weights
         self.train()
 
     # --- construction -------------------------------------------------------------------------
@@ -309,7 +318,9 @@ class MiniGPT4(nn.Module):
         set_pad_token(llama_tokenizer, cfg.pad_token)
         device = run_device(None)
         llama = build_llama(llama_config, llm_dtype(cfg, device))
-        return cls(cfg, llama, llama_tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), device)
+        model = cls(cfg, llama, llama_tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), device)
+        model.llama_model = add_lora(model.llama_model, cfg)
+        return model
 
     @classmethod
     def from_config(
@@ -336,7 +347,7 @@ class MiniGPT4(nn.Module):
             model = cls(cfg, stand_in, tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), target)
         load_vision_weights(model, cfg)
         logger.info("Loading LLAMA")
-        model.llama_model = load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit, tokenizer)
+        model.llama_model = add_lora(load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit, tokenizer), cfg)
         if cfg.ckpt:
             logger.info("Load BLIP2-LLM Checkpoint: %s", cfg.ckpt)
             load_minigpt4_checkpoint(model, resolve_weights(cfg.ckpt, "ckpt"), cfg)
@@ -361,6 +372,7 @@ class MiniGPT4(nn.Module):
         super().train(mode)
         for module in self.frozen_modules():
             module.eval()
+        set_adapter_mode(self.llama_model, mode)
         return self
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> MiniGPT4:
@@ -381,12 +393,14 @@ class MiniGPT4(nn.Module):
     @staticmethod
     def checkpoint_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A checkpoint's ``model`` entry under this model's names: the reference's Q-Former names
-        mapped, the buffers its runner saved and this model computes itself dropped. Used by
-        ``ckpt`` loading and by the runner's resume (``load_trainable_state_dict``)."""
+        mapped, the buffers its runner saved and this model computes itself dropped, upstream's
+        LoRA adapter names mapped (``models/lora.py``). Used by ``ckpt`` loading and by the
+        runner's resume (``load_trainable_state_dict``)."""
         return {
-            blip2_to_ours(key): value
+            lora_checkpoint_name(blip2_to_ours(key)): value
             for key, value in state.items()
-            if not any(pattern.match(key) for pattern in REFERENCE_BUFFERS)
+            # upstream's LoRA checkpoints hold the LLM's buffers under the peft wrapper's prefix
+            if not any(pattern.match(key) or pattern.match(lora_checkpoint_name(key)) for pattern in REFERENCE_BUFFERS)
         }
 
     # --- forward ------------------------------------------------------------------------------
@@ -587,6 +601,8 @@ def explain_checkpoint_shape(
     vit_width: int | None = None,
 ) -> str | None:
     """Shape mismatches of a MiniGPT-4 checkpoint in words."""
+    if (adapter := explain_adapter_shape(key, have, want)) is not None:
+        return adapter
     if key.startswith("llama_proj.") and have[0] != want[0]:
         return (
             f"llama_proj was trained for hidden size {have[0]} ({llama_size_name(have[0])}) "
@@ -619,6 +635,7 @@ class CheckpointTarget:
     end_sym: str
     has_qformer: bool = True
     vit_width: int | None = None
+    lora_alpha: int | None = None  # None without LoRA adapters
 
     @classmethod
     def of(cls, cfg: DictConfig, llm_hidden_size: int) -> CheckpointTarget:
@@ -633,6 +650,7 @@ class CheckpointTarget:
             cfg.end_sym,
             cfg.has_qformer,
             vit_width,
+            cfg.lora_alpha if cfg.lora_r else None,
         )
 
 
@@ -675,6 +693,7 @@ def check_checkpoint_metadata(metadata: Mapping[str, Any], target: CheckpointTar
         ("num_query_token", target.num_query_token if target.has_qformer else None),
         ("prompt_template", target.prompt_template),
         ("end_sym", target.end_sym),
+        ("lora_alpha", target.lora_alpha),
     ):
         trained = metadata.get(key)
         if trained is not None and value is not None and trained != value:
@@ -716,6 +735,7 @@ def load_minigpt4_checkpoint(model: MiniGPT4, path: Path, cfg: DictConfig | None
     """
     state, metadata = read_checkpoint(path)
     state = model.checkpoint_state(state)
+    check_checkpoint_adapters(state, model.llama_model, path)
     target = CheckpointTarget.of(cfg, model.llama_model.config.hidden_size) if cfg is not None else None
     explain = checkpoint_shape_explainer(model.has_qformer, model.visual_encoder.embed_dim)
     for warning in check_minigpt4_checkpoint(model.state_dict(), state, path, metadata, target, explain=explain):
