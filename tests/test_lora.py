@@ -31,6 +31,7 @@ from minigpt4.models.loaders import WeightLoadError
 from minigpt4.models.lora import LoraError, checkpoint_name, is_adapter_key, lora_layers
 from minigpt4.models.mini_gpt4 import MiniGPT4
 from minigpt4.runners.runner_base import build_optimizer
+from tools.check_weights import main as check_weights
 from tools.export_checkpoint import main as export_main
 
 pytest.importorskip("peft", reason="LoRA needs the peft library (requirements.txt)")
@@ -330,3 +331,44 @@ def test_the_entry_point_prints_the_bad_target_in_one_line(tmp_path):
         .splitlines()[-1]
         .startswith("train.py: model.lora_target_modules: 'qkv' matches no module")
     )
+
+
+@pytest.mark.slow
+def test_the_weight_checker_knows_the_adapters(lora_run, capsys):
+    ckpt = lora_run.output_dir / "checkpoint_1.pth"
+    paths = tiny_path_options(tiny_root(), ())
+    assert check_weights([
+        "--cfg-path", str(EVAL_TINY), "--options", *paths, *LORA, f"model.ckpt={ckpt}"
+    ]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "LoRA: rank 4 on q_proj, v_proj, 8 adapter tensors (2.05K parameters)" in out, out
+    assert check_weights(["--cfg-path", str(EVAL_TINY), "--options", *paths, f"model.ckpt={ckpt}"]) == 1
+    assert "unexpected (the file has them, the model has no place for them): llama_model.model.layers.0" in (
+        capsys.readouterr().out
+    )
+
+
+DRIVER = f"""
+import os, sys
+import torch
+sys.path.insert(0, {str(REPO_ROOT)!r})
+import train
+from minigpt4.common.checkpoint import trainable_state_dict
+runner = train.main(sys.argv[1:])
+torch.save(trainable_state_dict(runner.model), f"rank{{os.environ['RANK']}}.pt")
+"""
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_ddp_keeps_the_adapters_of_both_ranks_equal(tmp_path):
+    (tmp_path / "driver.py").write_text(DRIVER)
+    options = [*LORA, "run.num_workers=0", "run.max_epoch=1", "run.iters_per_epoch=3", "run.batch_size_train=2"]
+    options += ["run.init_lr=1e-2", "run.warmup_steps=0", "run.output_dir=out"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "driver.py"]
+    result = subprocess.run([*command, *argv(*options)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert sorted(ranks[0]) == sorted([*ADAPTERS, "llama_proj.bias", "llama_proj.weight"])
+    assert all(torch.equal(ranks[0][key], ranks[1][key]) for key in ranks[0])
+    assert all(ranks[0][key].abs().max() > 0 for key in ADAPTERS if ".lora_B." in key)

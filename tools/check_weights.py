@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from minigpt4.models.checkpoint_files import read_checkpoint_header, safetensors
 from minigpt4.models.eva_vit import build_eva_vit, report_vit_keys
 from minigpt4.models.llm import build_llama, check_llama_tokenizer, llama_folder, llama_size_name, read_llama_config
 from minigpt4.models.loaders import WeightLoadError, cache_dir, is_url, torch_load
+from minigpt4.models.lora import add_lora, is_adapter_key
 from minigpt4.models.mini_gpt4 import (
     PATCHES_PER_TOKEN,
     CheckpointTarget,
@@ -398,7 +400,20 @@ def check_llm(cfg: Config, report: Report) -> tuple[Path | None, dict[str, Shape
                 f"config.json asks for {list(expected[key])}",
             )
         check_delta(folder, config, found, row, report)
-    return folder, {f"llama_model.{key}": shape for key, shape in expected.items()}, config.hidden_size
+    shapes = {f"llama_model.{key}": shape for key, shape in expected.items()}
+    try:
+        adapted = add_lora(llama, cfg.model_cfg)  # on the meta device: the adapters' shapes only
+    except MiniGPT4Error as error:
+        report.fail(row, one_line(error))
+    else:
+        adapters = {key: tuple(value.shape) for key, value in adapted.state_dict().items() if is_adapter_key(key)}
+        shapes.update({f"llama_model.{key}": shape for key, shape in adapters.items()})
+        if adapters:
+            report.facts.append(
+                f"LoRA: rank {cfg.model_cfg.lora_r} on {', '.join(cfg.model_cfg.lora_target_modules)}, "
+                f"{len(adapters)} adapter tensors ({count(sum(math.prod(s) for s in adapters.values()))} parameters)"
+            )
+    return folder, shapes, config.hidden_size
 
 
 def check_delta(folder: Path, config: Any, found: WeightFolder, row: Row, report: Report) -> None:
