@@ -272,6 +272,12 @@ def test_the_merged_llm_gives_the_lora_models_logits(lora_run, tmp_path):
     plain, _ = model_from(EVAL_TINY, f"model.ckpt={export}")
     assert (llm_logits(plain) - expected).abs().max() > 1e-2
     assert chat_answer(served, cfg) == chat_answer(lora, cfg)
+    # Written in another dtype on request; the config says so.
+    half = tmp_path / "half"
+    assert export_main([str(ckpt), str(tmp_path / "export_half"), "--merge-llm", str(half), "--llm-dtype", "fp16"]) == 0
+    with safe_open(str(half / "model.safetensors"), "pt") as handle:
+        assert handle.get_slice("model.layers.0.self_attn.q_proj.weight").get_dtype() == "F16"
+    assert json.loads((half / "config.json").read_text())["dtype"] == "float16"
 
 
 @pytest.mark.slow

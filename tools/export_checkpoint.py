@@ -75,7 +75,12 @@ def merge_adapters(
             "this project's runner): the adapters' settings are unknown"
         )
     location = llama_model or run_model_cfg.get("llama_model") or ""
-    folder = llama_folder(location)
+    try:
+        folder = llama_folder(location)
+    except FileNotFoundError as error:
+        if llama_model:
+            raise
+        raise FileNotFoundError(f"{error} (the run's LLM); name the base LLM folder with --llama-model") from None
     if llm_dir.resolve() == folder.resolve():
         raise FileExistsError(f"--merge-llm {llm_dir} is the base LLM folder; write the merged LLM elsewhere")
     tokenizer = load_llama_tokenizer(folder)
