@@ -281,7 +281,7 @@ def test_the_merged_llm_gives_the_lora_models_logits(lora_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_export_keeps_the_adapters_without_merging(lora_run, tmp_path):
+def test_export_keeps_the_adapters_without_merging(lora_run, tmp_path, caplog):
     ckpt = lora_run.output_dir / "checkpoint_1.pth"
     assert export_main([str(ckpt), str(tmp_path / "export")]) == 0
     metadata = json.loads((tmp_path / "export" / METADATA_NAME).read_text())
@@ -289,6 +289,9 @@ def test_export_keeps_the_adapters_without_merging(lora_run, tmp_path):
     model, _ = model_from(EVAL_TINY, *LORA, f"model.ckpt={tmp_path / 'export'}")
     saved = load_checkpoint(ckpt)["model"]
     assert all(torch.equal(model.state_dict()[key], saved[key]) for key in ADAPTERS)
+    # Another scale loads (the shapes fit) but changes what the adapters do: warned about.
+    model_from(EVAL_TINY, "model.lora_r=4", "model.lora_alpha=16", f"model.ckpt={tmp_path / 'export'}")
+    assert "was trained with lora_alpha 8; model.lora_alpha is 16" in caplog.text
 
 
 def test_merging_a_checkpoint_without_adapters_is_refused(tmp_path, capsys):
