@@ -5,6 +5,7 @@ gives the LoRA model's logits with ``lora_r: 0``; bad settings fail in one line.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import random
@@ -73,6 +74,18 @@ def model_from(config: Path, *options: str) -> tuple[MiniGPT4, Config]:
     return MiniGPT4.from_config(cfg.model_cfg, "cpu"), cfg
 
 
+# A model for MiniGPT4.build in a blink (no weight file).
+TINY_BUILD = {
+    "vit_arch": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+    "qformer_arch": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+    **{"image_size": 28, "num_query_token": 4, "vit_precision": "fp32", "llm_precision": "fp32"},
+}
+
+
+def tiny_llama(tokenizer) -> LlamaConfig:
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+
+
 @pytest.fixture(scope="module")
 def tokenizer(golden_dir: Path):
     return load_llama_tokenizer(golden_dir / "vicuna_tiny")
@@ -97,13 +110,8 @@ def test_upstream_defaults_on_llama2_7b_train_its_lora_parameter_count(tokenizer
 
 def test_the_adapters_get_gradients_and_the_llm_none(tokenizer):
     torch.manual_seed(0)
-    llama = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
-    cfg = {
-        "vit_arch": {"embed_dim": 32, "depth": 1, "num_heads": 2},
-        "qformer_arch": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
-        **{"image_size": 28, "num_query_token": 4, "vit_precision": "fp32", "llm_precision": "fp32"},
-        **{"lora_r": 2, "lora_target_modules": ["o_proj", "model.layers.0.mlp.down_proj"]},
-    }
+    llama = tiny_llama(tokenizer)
+    cfg = {**TINY_BUILD, "lora_r": 2, "lora_target_modules": ["o_proj", "model.layers.0.mlp.down_proj"]}
     model = MiniGPT4.build(cfg, llama, tokenizer)
     model({"image": torch.rand(2, 3, 28, 28), "text_input": ["a cat", "a dog on a mat"]})["loss"].backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
@@ -234,6 +242,9 @@ def test_upstream_adapter_names_load_strictly(lora_run, tmp_path):
     }
     assert "llama_model.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in upstream
     assert sorted(checkpoint_name(key) for key in upstream) == sorted(saved)
+    # The LLM buffers that upstream's runner saved under the peft prefix are dropped, not refused.
+    inv_freq = "llama_model.base_model.model.model.layers.0.self_attn.rotary_emb.inv_freq"
+    assert sorted(MiniGPT4.checkpoint_state({**upstream, inv_freq: torch.ones(8)})) == sorted(saved)
     torch.save({"model": upstream}, tmp_path / "upstream.pth")
     model, _ = model_from(EVAL_TINY, *LORA, f"model.ckpt={tmp_path / 'upstream.pth'}")
     state = model.state_dict()
@@ -381,3 +392,15 @@ def test_ddp_keeps_the_adapters_of_both_ranks_equal(tmp_path):
     assert sorted(ranks[0]) == sorted([*ADAPTERS, "llama_proj.bias", "llama_proj.weight"])
     assert all(torch.equal(ranks[0][key], ranks[1][key]) for key in ranks[0])
     assert all(ranks[0][key].abs().max() > 0 for key in ADAPTERS if ".lora_B." in key)
+
+
+def test_without_peft_lora_is_refused_in_one_line_and_lora_off_needs_nothing(tokenizer, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real_find_spec(name, *a)
+    )
+    llama, cfg = tiny_llama(tokenizer), TINY_BUILD
+    with torch.device("meta"):
+        MiniGPT4.build(cfg, llama, tokenizer)
+        with pytest.raises(LoraError, match=r"^model.lora_r 8 adds LoRA adapters through the peft library, which is"):
+            MiniGPT4.build({**cfg, "lora_r": 8}, llama, tokenizer)

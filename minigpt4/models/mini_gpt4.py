@@ -1,7 +1,8 @@
 """MiniGPT-4: a frozen BLIP-2 vision side aligned with a frozen Vicuna by one trainable Linear.
 
 ``image -> EVA ViT -> ln_vision -> Q-Former (query tokens) -> llama_proj -> Vicuna``. Only
-``llama_proj`` trains (``freeze_vit: False`` / ``freeze_qformer: False`` unfreeze those parts).
+``llama_proj`` trains (``freeze_vit: False`` / ``freeze_qformer: False`` unfreeze those parts;
+``lora_r`` > 0 adds trainable LoRA adapters to the LLM, ``minigpt4/models/lora.py``).
 With ``has_qformer: False`` (upstream's later LLaMA-2 variant) there is no Q-Former:
 ``image -> EVA ViT -> ln_vision -> patch tokens merged 4 at a time -> llama_proj -> LLaMA-2``.
 The class is registered as ``mini_gpt4`` (the reference) and ``minigpt4`` (upstream's later name).
