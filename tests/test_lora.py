@@ -22,7 +22,12 @@ from tiny_assets import REPO_ROOT, STAGE2_TINY, tiny_path_options, tiny_root
 from transformers import LlamaConfig
 
 import train
-from minigpt4.common.checkpoint import load_checkpoint, trainable_state_dict
+from minigpt4.common.checkpoint import (
+    CheckpointMismatchError,
+    load_checkpoint,
+    load_trainable_state_dict,
+    trainable_state_dict,
+)
 from minigpt4.common.config import Config
 from minigpt4.common.registry import registry
 from minigpt4.conversation.conversation import CONV_VISION, Chat
@@ -404,3 +409,29 @@ def test_without_peft_lora_is_refused_in_one_line_and_lora_off_needs_nothing(tok
         MiniGPT4.build(cfg, llama, tokenizer)
         with pytest.raises(LoraError, match=r"^model.lora_r 8 adds LoRA adapters through the peft library, which is"):
             MiniGPT4.build({**cfg, "lora_r": 8}, llama, tokenizer)
+
+
+@pytest.mark.slow
+def test_resuming_a_lora_run_without_its_lora_keys_says_so(lora_run, tmp_path):
+    resume = f"run.resume_ckpt_path={lora_run.output_dir / 'checkpoint_0.pth'}"
+    with pytest.raises(CheckpointMismatchError) as error:
+        train.main(argv(*RUN[len(LORA) :], resume, f"run.output_dir={tmp_path}"))
+    assert str(error.value).endswith(
+        "does not match the model's trainable parameters: missing none; unexpected "
+        "[llama_model.model.layers.0.self_attn.q_proj.lora_A.default.weight, "
+        "llama_model.model.layers.0.self_attn.q_proj.lora_B.default.weight, "
+        "llama_model.model.layers.0.self_attn.v_proj.lora_A.default.weight, "
+        "llama_model.model.layers.0.self_attn.v_proj.lora_B.default.weight, "
+        "llama_model.model.layers.1.self_attn.q_proj.lora_A.default.weight, "
+        "llama_model.model.layers.1.self_attn.q_proj.lora_B.default.weight, "
+        "llama_model.model.layers.1.self_attn.v_proj.lora_A.default.weight, "
+        "llama_model.model.layers.1.self_attn.v_proj.lora_B.default.weight] (was it trained with other "
+        "model.lora_r, lora_target_modules, freeze_vit or freeze_qformer settings?)"
+    )
+
+
+def test_a_long_key_list_is_cut_in_the_resume_error():
+    model = torch.nn.Linear(2, 2)
+    state = {f"llama_model.layers.{i}.lora_A.default.weight": torch.zeros(1) for i in range(10)}
+    with pytest.raises(CheckpointMismatchError, match=r"\.layers\.7\.lora_A\.default\.weight, \.\.\. \(10 in all\)\]"):
+        load_trainable_state_dict(model, {**model.state_dict(), **state}, "ckpt.pth")
