@@ -46,11 +46,11 @@ class CheckpointMismatchError(MiniGPT4Error, KeyError):
 
 
 def _first(keys: list[str], shown: int = 8) -> str:
-    """``[a, b, ... (120 in all)]``: LoRA adapters alone are hundreds of keys."""
+    """``['a', 'b', ... (120 in all)]``: LoRA adapters alone are hundreds of keys."""
     if not keys:
         return "none"
     more = f", ... ({len(keys)} in all)" if len(keys) > shown else ""
-    return "[" + ", ".join(keys[:shown]) + more + "]"
+    return str(keys[:shown])[:-1] + more + "]"
 
 
 def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
