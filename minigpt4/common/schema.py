@@ -32,7 +32,7 @@ class VitArch:
 
 @dataclass
 class QFormerArch:
-    """bert-base values, built locally (the reference fetched them from a model hub)."""
+    """bert-base values, built locally (nothing is fetched from a model hub)."""
 
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -68,21 +68,14 @@ class ModelConfig:
     image_size: int = 224
     drop_path_rate: float = 0.0
     use_grad_checkpoint: bool = False
-    # Storage dtype of the ViT's Linear and Conv weights: fp16, bf16, fp32 or auto. LayerNorms,
-    # cls_token, pos_embed, q/v biases and ln_vision stay fp32. With fp16/bf16 the vision tower and
-    # the Q-Former run under autocast in that dtype, as the reference does; with fp32 the model adds
-    # no autocast of its own, so they compute in fp32 unless the training run's own autocast
-    # (``run.amp``/``run.precision``) is on (the reference also autocast its fp32 ViT to fp16 on a
-    # GPU). ``auto`` (new value, the
-    # default) is the reference's fp16 on a CUDA GPU or an Ascend NPU and fp32 on a CPU, so that a
-    # CPU computes in fp32 unless configured otherwise. The device is the one the model is built
-    # for (``MiniGPT4.from_config(cfg, device)``), else the machine's (cuda, then npu, then cpu).
-    # With ``low_resource`` the vision tower runs on the CPU in fp32 whatever this says.
+    # Storage dtype of the ViT's Linear and Conv weights: fp16, bf16, fp32 or auto (fp16 on a CUDA
+    # GPU or an Ascend NPU, fp32 on a CPU; decided for the device the model is built for). Norms,
+    # cls_token, pos_embed, q/v biases and ln_vision stay fp32. fp16/bf16 also autocast the vision
+    # tower and Q-Former; fp32 leaves them to the run's own autocast. low_resource: fp32 on the CPU.
     vit_precision: str = "auto"
-    # Dtype of the LLM weights (fp16, bf16 or fp32; new key). ``auto``: bf16 where the accelerator
-    # supports it, else fp16 (the reference's), and fp32 on a CPU; the device is chosen as for
-    # ``vit_precision``. With fp16/bf16 the LLM (and llama_proj) run under autocast in that dtype;
-    # with fp32, under the training run's autocast if it has one.
+    # Dtype of the LLM weights (fp16, bf16 or fp32). ``auto``: bf16 where the accelerator supports
+    # it, else fp16, and fp32 on a CPU; the device is chosen as for ``vit_precision``. fp16/bf16
+    # autocast the LLM (and llama_proj) in that dtype; fp32 leaves them to the run's own autocast.
     llm_precision: str = "auto"
     freeze_vit: bool = True
     # Upstream's later key. False (its LLaMA-2 variant): no Q-Former, no query tokens and no BLIP-2
@@ -95,17 +88,15 @@ class ModelConfig:
     freeze_qformer: bool = True
     num_query_token: int = 32
     llama_model: str = ""
-    # Present in the reference's default model YAML and never read by its code; accepted so that
-    # its YAML files load unchanged.
+    # Never read; accepted so that the 2023 default model YAML loads unchanged.
     prompt: str = ""
     prompt_path: str = ""
     prompt_template: str = ""
     max_txt_len: int = 32
     end_sym: str = "\n"
-    # The LLM tokenizer's pad token (new key): "" is the reference's pad = </s>, which also masks
-    # every </s> of the text out of the loss; upstream's later LLaMA-2 configs use "$$" (an
-    # ordinary piece of the LLaMA vocabulary, id 3997), so that an end_sym "</s>" is trained. The
-    # token must be a single piece of the vocabulary; a "$$" inside a caption is then not trained.
+    # The LLM tokenizer's pad token: "" is pad = </s>, which also masks every </s> of the text out
+    # of the loss; "$$" (upstream's LLaMA-2 configs; LLaMA id 3997) lets an end_sym "</s>" be
+    # trained. A single piece of the vocabulary; a "$$" inside a caption is then not trained.
     pad_token: str = ""
     # 8-bit LLM (bitsandbytes, CUDA only) on GPU ``device_8bit``, vision tower on the CPU in fp32,
     # as the reference's demo; ``model.to(device)`` then moves the Q-Former and llama_proj only.
@@ -176,9 +167,9 @@ class DatasetConfig:
 @dataclass
 class RunConfig:
     """``run:`` of a YAML file: the reference's keys and defaults (see train_configs/), then the
-    keys this re-implementation adds. Iterations count batches per rank; an optimizer step happens
-    every ``accum_grad_iters`` of them. ``output_dir`` is relative to the working directory (the
-    reference put it inside the package); each run writes to ``output_dir/<job_id>/``."""
+    keys this project adds. Iterations count batches per rank; an optimizer step happens every
+    ``accum_grad_iters`` of them. Each run writes to ``output_dir/<job_id>/``, relative to the
+    working directory."""
 
     task: str = "image_text_pretrain"
     runner: str = "runner_base"
@@ -191,7 +182,7 @@ class RunConfig:
     weight_decay: float = 0.05
     beta2: float = 0.999
     max_epoch: int = 1
-    # The reference fell back to 10000 when the key was missing (its endless loaders have no length).
+    # The shard streams are endless: an epoch is this many iterations.
     iters_per_epoch: int = 10000
     batch_size_train: int = 1
     batch_size_eval: int = 1
