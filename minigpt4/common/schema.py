@@ -102,6 +102,13 @@ class ModelConfig:
     prompt_template: str = ""
     max_txt_len: int = 32
     end_sym: str = "\n"
+    # The conversation template (new key; minigpt4/conversation/templates.py): vicuna_v0 (the
+    # reference's ###Human/###Assistant), llama2 (upstream's [INST] ... [/INST]), chat_template (the
+    # LLM tokenizer's own Jinja template; with prompt_path the training prompt is rendered through it
+    # and answers end with its end-of-turn text, prompt_template, if set, being the user turn's
+    # content) or auto: llama2 for model_type pretrain_llama2, else vicuna_v0. Chat, the demo and
+    # inference.py speak it; generation stops on its end texts and the tokenizer's EOS.
+    conv_template: str = "auto"
     # The LLM tokenizer's pad token (new key): "" is the reference's pad = </s>, which also masks
     # every </s> of the text out of the loss; upstream's later LLaMA-2 configs use "$$" (an
     # ordinary piece of the LLaMA vocabulary, id 3997), so that an end_sym "</s>" is trained. The
