@@ -14,10 +14,12 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 from PIL import Image
-from tiny_assets import EVAL_LLAMA2_TINY, LLAMA2_TINY, REPO_ROOT, quickstart, tiny_llama2_root
+from tiny_assets import EVAL_LLAMA2_TINY, LLAMA2_TINY, REPO_ROOT, STAGE2_LLAMA2_TINY, quickstart, tiny_llama2_root
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 import minigpt4
+import train
+from minigpt4.common.checkpoint import load_checkpoint
 from minigpt4.common.config import Config
 from minigpt4.conversation import templates
 from minigpt4.conversation.batch_inference import main as inference_main
@@ -329,4 +331,22 @@ def test_inference_reads_the_key_from_options(root, chatml_folder, photo, prompt
     with contextlib.chdir(root):
         argv += ["--device", "cpu", "--max-new-tokens", "4", "--output", str(out), "--options", *options]
         assert inference_main(argv) == 0
+    assert prompts == [f"<|im_start|>user\n{IMAGE_MESSAGE} {QUESTION}<|im_end|>\n<|im_start|>assistant\n"]
+
+
+def test_stage2_trains_through_the_tokenizer_template_and_chats_in_it(root, chatml_folder, photo, prompts, tmp_path):
+    fast = ["run.device=cpu", "run.num_workers=0", "run.max_epoch=1", "run.iters_per_epoch=2", "run.log_freq=1"]
+    fast += ["run.batch_size_train=2", "run.warmup_steps=1", f"run.output_dir={tmp_path}"]
+    template = ["model.conv_template=chat_template", f"model.llama_model={chatml_folder}"]
+    with contextlib.chdir(root):
+        runner = train.main(
+            ["--cfg-path", str(STAGE2_LLAMA2_TINY), "--options", *fast, *template, "model.prompt_template=''"]
+        )
+        assert runner.model.end_sym == "<|im_end|>" and len(runner.history) == 2
+        assert all(torch.isfinite(torch.tensor(h["loss"])) for h in runner.history)
+        assert all(p.startswith(f"<|im_start|>user\n{IMAGE_MESSAGE} ") for p in runner.model.prompt_list)
+        ckpt = runner.output_dir / "checkpoint_0.pth"
+        assert load_checkpoint(ckpt)["config"]["model"]["conv_template"] == "chat_template"
+        chat = build_chat(str(EVAL_LLAMA2_TINY), [*template, f"model.ckpt={ckpt}"], torch.device("cpu"))
+    assert chat.answer_batch([photo], [QUESTION], **GREEDY)
     assert prompts == [f"<|im_start|>user\n{IMAGE_MESSAGE} {QUESTION}<|im_end|>\n<|im_start|>assistant\n"]
