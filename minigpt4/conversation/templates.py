@@ -224,7 +224,7 @@ class TokenizerConversation(Conversation):
     """A conversation rendered by the LLM tokenizer's chat template (``chat_template``). The roles
     are the template's ``user`` and ``assistant``; ``system``, when not empty, is a system turn."""
 
-    tokenizer: Any = None
+    tokenizer: Any = dataclasses.field(default=None, repr=False, compare=False)
     answer_lead: str = ""
 
     def get_prompt(self) -> str:
