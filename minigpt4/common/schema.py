@@ -94,6 +94,13 @@ class ModelConfig:
     prompt_template: str = ""
     max_txt_len: int = 32
     end_sym: str = "\n"
+    # The conversation template (minigpt4/conversation/templates.py): vicuna_v0 (###Human /
+    # ###Assistant), llama2 ([INST] ... [/INST]), chat_template (the LLM tokenizer's own Jinja
+    # template; with prompt_path the training prompt is rendered through it and answers end with its
+    # end-of-turn text, prompt_template, if set, being the user turn's content) or auto: llama2 for
+    # model_type pretrain_llama2, else vicuna_v0. Chat, the demo and inference.py speak it;
+    # generation stops on its end texts and the tokenizer's EOS.
+    conv_template: str = "auto"
     # The LLM tokenizer's pad token: "" is pad = </s>, which also masks every </s> of the text out
     # of the loss; "$$" (upstream's LLaMA-2 configs; LLaMA id 3997) lets an end_sym "</s>" be
     # trained. A single piece of the vocabulary; a "$$" inside a caption is then not trained.

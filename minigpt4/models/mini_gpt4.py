@@ -41,6 +41,12 @@ from minigpt4.common.device import autocast, autocast_dtype, parse_dtype, resolv
 from minigpt4.common.flops import FlopModel, minigpt4_flop_model
 from minigpt4.common.registry import UnknownNameError, registry
 from minigpt4.common.schema import ModelConfig
+from minigpt4.conversation.templates import (
+    IMAGE_PLACEHOLDER,
+    resolve_template,
+    training_end_sym,
+    training_prompt_template,
+)
 from minigpt4.models.blip2_hf import is_transformers_blip2_folder, load_transformers_blip2, names_transformers_blip2
 from minigpt4.models.checkpoint_files import read_checkpoint
 from minigpt4.models.eva_vit import FP32LayerNorm, build_eva_vit, load_eva_vit
@@ -59,7 +65,6 @@ logger = logging.getLogger(__name__)
 
 LIBRARY_ROOT = Path(__file__).resolve().parents[1]
 REPO_ROOT = LIBRARY_ROOT.parent
-IMAGE_PLACEHOLDER = "<ImageHere>"
 IGNORE_INDEX = -100
 
 # Patch tokens merged into one LLM token when there is no Q-Former (upstream's LLaMA-2 variant).
@@ -272,7 +277,9 @@ class MiniGPT4(nn.Module):
         self.llama_proj = nn.Linear(image_width, llama_model.config.hidden_size)
 
         self.max_txt_len = cfg.max_txt_len
-        self.end_sym = cfg.end_sym
+        # The conversation template (model.conv_template) that Chat speaks and training follows.
+        self.conv_template = resolve_template(cfg, llama_tokenizer)
+        self.end_sym = training_end_sym(cfg, llama_tokenizer)
         self.prompt_list = prompt_list
         self._prompt_cache: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -309,7 +316,8 @@ class MiniGPT4(nn.Module):
         set_pad_token(llama_tokenizer, cfg.pad_token)
         device = run_device(None)
         llama = build_llama(llama_config, llm_dtype(cfg, device))
-        return cls(cfg, llama, llama_tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), device)
+        prompts = read_prompts(cfg.prompt_path, training_prompt_template(cfg, llama_tokenizer))
+        return cls(cfg, llama, llama_tokenizer, prompts, device)
 
     @classmethod
     def from_config(
@@ -333,7 +341,8 @@ class MiniGPT4(nn.Module):
             stand_in = build_llama(read_llama_config(folder, tokenizer), dtype)
         # The vision side gets its values from the files right after, so it is not initialised first.
         with skip_random_init():
-            model = cls(cfg, stand_in, tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), target)
+            prompts = read_prompts(cfg.prompt_path, training_prompt_template(cfg, tokenizer))
+            model = cls(cfg, stand_in, tokenizer, prompts, target)
         load_vision_weights(model, cfg)
         logger.info("Loading LLAMA")
         model.llama_model = load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit, tokenizer)
