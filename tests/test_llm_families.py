@@ -281,3 +281,26 @@ def test_both_stages_and_chat(root, family, tmp_path, monkeypatch):
         do_sample=False,
     )
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers) and streamed is not None
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_benchmark_builds_the_llm_of_a_folder(root, family, tmp_path):
+    """``test/benchmark.py --llm-config``: the LLM of a family's config (no weights read), its
+    tokenizer for the data, and the FLOP model from that config."""
+    from test_benchmark import bench
+
+    threads = torch.get_num_threads()
+    folder = shutil.copytree(folder_of(root, family), tmp_path / family, ignore=shutil.ignore_patterns("*.safetensors"))
+    argv = ["--size", "tiny", "--stage", "2", "--device", "cpu", "--steps", "1", "--warmup", "0", "--batch-size", "2"]
+    try:
+        r = bench.main([*argv, "--threads", "1", "--llm-config", str(folder)])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((folder / "config.json").read_text())
+    assert r["llm_config"] == str(folder) and r["llm"].endswith(f" {family} LLM")
+    assert r["flop_model"]["llm_layers"] == saved["num_hidden_layers"]
+    assert r["flop_model"]["llm_window"] == saved.get("sliding_window")
+    assert r["TokensPerSec"] > 0 and r["loss"] > 0

@@ -68,7 +68,9 @@ def llama_size_name(hidden_size: int) -> str:
 def _billions(parameters: int) -> str:
     if parameters >= 10**9:
         return f"{parameters / 1e9:.2g}B" if parameters < 10 * 10**9 else f"{parameters / 1e9:.0f}B"
-    return f"{parameters / 1e6:.3g}M"
+    if parameters >= 10**6:
+        return f"{parameters / 1e6:.3g}M"
+    return f"{parameters / 1e3:.3g}K"
 
 
 def llm_size_name(config: PretrainedConfig, parameters: int | None = None) -> str:
