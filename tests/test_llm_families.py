@@ -119,6 +119,19 @@ def test_the_llm_loads_through_the_auto_classes_with_its_settings(root, family):
     assert not any(p.requires_grad for p in llm.parameters()) and not llm.training
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_8bit_path_keeps_the_output_head_out_of_8_bit(root, family):
+    """``low_resource`` quantizes with transformers' defaults, which leave the output head (tied to
+    the input embedding or not) in full precision; checked on the loaded model, as bitsandbytes needs
+    CUDA."""
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    llm = load_llama(folder_of(root, family), torch.float32, False, 0)
+    kept = set(get_keys_to_not_convert(llm))
+    assert "lm_head" in kept
+    assert ("model.embed_tokens" in kept) == llm.config.tie_word_embeddings
+
+
 def test_a_missing_weight_is_an_error_also_with_tied_embeddings(root, tmp_path):
     from safetensors.torch import load_file, save_file
 
