@@ -40,6 +40,7 @@ EXPECTED = {
     "llama3": ("LlamaForCausalLM", "<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>", ["<|end_of_text|>", "<|eot_id|>"]),
     "mistral": ("MistralForCausalLM", "<s>", "</s>", "</s>", ["</s>"]),
     "qwen2": ("Qwen2ForCausalLM", None, "<|im_end|>", "<|endoftext|>", ["<|im_end|>", "<|endoftext|>"]),
+    "qwen3": ("Qwen3ForCausalLM", None, "<|im_end|>", "<|endoftext|>", ["<|im_end|>", "<|endoftext|>"]),
 }
 
 
@@ -216,11 +217,11 @@ def test_flop_model_reads_the_llm_config(tiny_models, family):
     head = llm.get_output_embeddings().weight.numel()
     body = sum(m.weight.numel() for m in llm.model.modules() if isinstance(m, torch.nn.Linear))
     assert fm.llm_matmul_params == body + head
-    assert (fm.llm_layers, fm.llm_hidden) == (2, 64)
+    width = 128 if family == "qwen3" else 64  # Qwen3: heads x head_dim, twice the hidden size here
+    assert (fm.llm_layers, fm.llm_hidden) == (2, width)
     assert fm.llm_window == (4096 if family == "mistral" else None)
-    assert fm.llm_flops(10, 8000) == (
-        10 * (4 * fm.llm_matmul_params + 12 * 2 * (4096 if family == "mistral" else 8000) * 64)
-    )
+    keys = 4096 if family == "mistral" else 8000
+    assert fm.llm_flops(10, 8000) == 10 * (4 * fm.llm_matmul_params + 12 * 2 * keys * width)
 
 
 def test_attention_width_is_heads_times_head_size():

@@ -14,7 +14,11 @@ family's special tokens and a Jinja ``chat_template`` of the family's format:
   tokens of v0.3, no pad;
 * ``qwen2``: ``Qwen2Config`` (biased q/k/v projections, ``rope_theta`` 1e6, tied embeddings as
   Qwen2.5-0.5B/1.5B/3B, ``use_sliding_window`` false), a byte-level tokenizer without a BOS token,
-  ``<|im_end|>`` as EOS, ``<|endoftext|>`` as pad, and an embedding with more rows than tokens.
+  ``<|im_end|>`` as EOS, ``<|endoftext|>`` as pad, and an embedding with more rows than tokens;
+* ``qwen3``: ``Qwen3Config`` (q/k norms, a ``head_dim`` that makes the attention twice as wide as
+  the hidden size, as Qwen3-0.6B's 16 x 128 for 1024), Qwen2.5's tokenizer and special tokens,
+  and Qwen3's template without a default system turn (with an empty ``<think>`` block when
+  ``enable_thinking`` is false).
 
 ``write_tiny_llm(family, folder)`` writes one; ``tiny_llm_root()`` adds all three to the tiny
 assets of :func:`tiny_assets.tiny_root` (``assets/tiny/weights/<family>_tiny``), once per process.
@@ -28,7 +32,7 @@ from pathlib import Path
 
 from tiny_assets import quickstart, tiny_root
 
-FAMILIES = ("llama3", "mistral", "qwen2")
+FAMILIES = ("llama3", "mistral", "qwen2", "qwen3")
 
 # The families' chat templates, reduced to what the tiny models need (no tools, no dates), in
 # the exact token layout of the real ones.
@@ -76,8 +80,22 @@ SPECIAL = {
         ["<|im_end|>", "<|endoftext|>"],
     ),
 }
-TEMPLATES = {"llama3": LLAMA3_TEMPLATE, "mistral": MISTRAL_TEMPLATE, "qwen2": QWEN2_TEMPLATE}
-TOKENIZER_CLASS = {"llama3": "PreTrainedTokenizerFast", "mistral": "LlamaTokenizer", "qwen2": "Qwen2Tokenizer"}
+QWEN3_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+SPECIAL["qwen3"] = SPECIAL["qwen2"]
+TEMPLATES = {"llama3": LLAMA3_TEMPLATE, "mistral": MISTRAL_TEMPLATE, "qwen2": QWEN2_TEMPLATE, "qwen3": QWEN3_TEMPLATE}
+TOKENIZER_CLASS = {
+    "llama3": "PreTrainedTokenizerFast",
+    "mistral": "LlamaTokenizer",
+    "qwen2": "Qwen2Tokenizer",
+    "qwen3": "Qwen2Tokenizer",
+}
 VOCAB_SIZE = 1000
 HIDDEN, LAYERS, HEADS, KV_HEADS, MLP = 64, 2, 4, 2, 128
 
@@ -92,6 +110,8 @@ def _corpus(family: str, seed: int) -> list[str]:
         corpus += [f"user\n\n{q}\n\nassistant\n\n{a}" for q, a in pairs]
     elif family == "mistral":
         corpus += [f"{q} {a}" for q, a in pairs]
+    elif family == "qwen3":
+        corpus += [f"user\n{q}\nassistant\n<think>\n\n</think>\n\n{a}" for q, a in pairs]
     else:
         system = "system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
         corpus += [f"{system}\nuser\n{q}\nassistant\n{a}" for q, a in pairs]
@@ -128,7 +148,7 @@ def train_tokenizer(family: str, seed: int = 0):
 
 
 def _llm_config(family: str, vocab_rows: int, ids: dict[str, object]):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     shape = {
         "vocab_size": vocab_rows,
@@ -160,6 +180,16 @@ def _llm_config(family: str, vocab_rows: int, ids: dict[str, object]):
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
             tie_word_embeddings=False,
         )
+    if family == "qwen3":
+        return Qwen3Config(
+            **shape,
+            head_dim=2 * HIDDEN // HEADS,
+            max_position_embeddings=40960,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            use_sliding_window=False,
+            tie_word_embeddings=True,
+        )
     return Qwen2Config(
         **shape,
         max_position_embeddings=32768,
@@ -183,7 +213,8 @@ def write_tiny_llm(family: str, folder: Path, seed: int = 0) -> Path:
     token_id = tokenizer.token_to_id
     tokens = tokenizer.get_vocab_size()
     # Qwen's embedding has rows no token reaches (151936 for 151665 tokens): rounded up to 128 here.
-    rows = -(-tokens // 128) * 128 if family == "qwen2" else tokens
+    qwen = family.startswith("qwen")
+    rows = -(-tokens // 128) * 128 if qwen else tokens
     eos_ids = [token_id(t) for t in stops]
     ids = {
         # Qwen's config.json names <|endoftext|> as bos_token_id though its tokenizer has no BOS.
@@ -206,7 +237,7 @@ def write_tiny_llm(family: str, folder: Path, seed: int = 0) -> Path:
     }
     if family == "mistral":
         tokenizer_config.update(unk_token="<unk>", add_bos_token=True, add_eos_token=False, legacy=False)
-    if family == "qwen2":
+    if qwen:
         tokenizer_config.update(unk_token=None, errors="replace", split_special_tokens=False)
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     special_map = {key: value for key, value in (("bos_token", bos), ("eos_token", eos), ("pad_token", pad)) if value}
@@ -220,10 +251,10 @@ def write_tiny_llm(family: str, folder: Path, seed: int = 0) -> Path:
     llm.generation_config = GenerationConfig(
         bos_token_id=ids["bos_token_id"],
         eos_token_id=eos_ids,
-        pad_token_id=ids["pad_token_id"] if family == "qwen2" else None,
+        pad_token_id=ids["pad_token_id"] if qwen else None,
         do_sample=True,
-        temperature=0.6 if family != "qwen2" else 0.7,
-        top_p=0.9 if family != "qwen2" else 0.8,
+        temperature=0.7 if qwen else 0.6,
+        top_p=0.8 if qwen else 0.9,
     )
     llm.save_pretrained(folder)
     return folder
