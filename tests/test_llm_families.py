@@ -94,6 +94,16 @@ def test_a_broken_tokenizer_json_folder_is_still_refused(root, tmp_path):
     assert "there is no tokenizer.model (nor tokenizer.json)" in check_llama_tokenizer(folder).problems[0]
 
 
+def test_a_llama_or_mistral_tokenizer_without_bos_is_refused(root, tmp_path):
+    for family in ("llama3", "mistral"):
+        folder = shutil.copytree(folder_of(root, family), tmp_path / family)
+        tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "bos_token": None}))
+        report = check_llama_tokenizer(folder)
+        assert report.bos_token_id is None
+        assert report.problems == [f"it needs distinct <s> and </s> ids, has None and {report.eos_token_id}"]
+
+
 def test_a_folder_of_another_kind_of_model_is_refused_in_words(root, tmp_path):
     folder = shutil.copytree(folder_of(root, "mistral"), tmp_path / "t5")
     config = json.loads((folder / "config.json").read_text())

@@ -119,6 +119,8 @@ STOP_PROBE = "###"
 # for 151665, tables padded to a multiple of 64 or 128). More surplus means a tokenizer of another
 # model; fewer rows than tokens index past the table.
 VOCAB_SURPLUS = 256
+# config.json model types whose models were trained with a BOS opening every sequence.
+BOS_FAMILIES = ("llama", "mistral")
 # tokenizer_config.json classes read as the reference's LlamaTokenizer when a tokenizer.model is
 # there (None: no tokenizer_config.json or no class in it, as in 2023 LLaMA conversions).
 SENTENCEPIECE_LLAMA_CLASSES = (None, "LlamaTokenizer", "LlamaTokenizerFast")
@@ -256,8 +258,10 @@ def _inspect_tokenizer(folder: Path) -> tuple[TokenizerReport, PreTrainedTokeniz
     report.bos_token, report.eos_token = tokenizer.bos_token, tokenizer.eos_token
     for text in (STOP_PROBE, tokenizer.eos_token or "</s>"):
         report.encodings[text] = tokenizer(text, add_special_tokens=False).input_ids
-    # The sentencepiece LLaMA family needs its <s>; a tokenizer.json may have none (Qwen's).
-    needs_bos = report.sentencepiece or report.bos_token_id is not None
+    # The LLaMA family and Mistral were trained with a BOS; a tokenizer.json of another family may
+    # have none (Qwen's).
+    needs_bos = report.sentencepiece or config.get("model_type", "llama") in BOS_FAMILIES
+    needs_bos = needs_bos or report.bos_token_id is not None
     if report.eos_token_id is None or (needs_bos and report.bos_token_id in (None, report.eos_token_id)):
         report.problems.append(
             f"it needs distinct <s> and </s> ids, has {report.bos_token_id} and {report.eos_token_id}"
