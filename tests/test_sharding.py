@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from golden_model import build_golden_model
+from omegaconf import OmegaConf
 from tiny_assets import REPO_ROOT, STAGE1_TINY, tiny_path_options, tiny_root
 
 from minigpt4.common.checkpoint import load_checkpoint
+from minigpt4.common.schema import RunConfig
+from minigpt4.runners.memory import prepare_model
+from minigpt4.runners.runner_base import wrap_ddp
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
@@ -113,3 +118,36 @@ def test_sharded_checkpoint_keeps_the_format_and_resumes_exactly(runs):
     assert resumed[0]["losses"] == sharded[0]["losses"][2:]
     for key, value in sharded[0]["weights"].items():
         assert torch.equal(resumed[0]["weights"][key], value)
+
+
+def golden_step_of_rank(rank: int, init_file: str, golden_dir: str, out: str) -> None:
+    """One rank of ``test_sharded_golden_model_gives_the_unsharded_gradient``: the golden model's
+    loss and projection gradient, plain, sharded, and sharded with checkpointing, each under DDP."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        images = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+        samples = {"image": images, "text_input": ["a woman astronaut in front of the flag", "an orange tabby cat"]}
+        results = []
+        for keys in ({}, {"shard_llm": True}, {"shard_llm": True, "llm_activation_checkpointing": True}):
+            model = build_golden_model(Path(golden_dir))
+            model = prepare_model(model, torch.device("cpu"), OmegaConf.merge(OmegaConf.structured(RunConfig), keys))
+            torch.manual_seed(0)  # the training prompt is drawn at random
+            loss = wrap_ddp(model, torch.device("cpu")).train()(samples)["loss"]
+            loss.backward()
+            kind = type(model.llama_model.model.layers[0].mlp.up_proj.weight).__name__
+            results.append((loss.detach(), model.llama_proj.weight.grad, model.llama_proj.bias.grad, kind))
+        torch.save(results, f"{out}{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_sharded_golden_model_gives_the_unsharded_gradient(tmp_path, golden_dir):
+    out = str(tmp_path / "golden")
+    torch.multiprocessing.spawn(golden_step_of_rank, args=(str(tmp_path / "init"), str(golden_dir), out), nprocs=2)
+    for rank in range(2):
+        plain, *sharded = torch.load(f"{out}{rank}.pt", weights_only=True)
+        assert plain[3] == "Parameter"
+        for other in sharded:
+            assert other[3] == "DTensor"
+            for want, got in zip(plain[:3], other[:3], strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
