@@ -14,7 +14,9 @@ DDP (:func:`prepare_model`):
   stays a whole tensor on each rank, reduced by DDP as before, so checkpoints, the optimizer and
   resume are unchanged. The model is then loaded on the CPU and placed on the device shard by
   shard (:func:`build_model_for_sharding`), so that no rank ever holds the whole LLM on its
-  device.
+  device. The root unit gathers the embedding and the LM head when the model's ``forward`` starts,
+  so a sharded model is run through ``forward`` (training, a validation loss); calling
+  ``embed_tokens`` or ``generate`` on it directly finds those two sharded.
 """
 
 from __future__ import annotations
@@ -84,16 +86,19 @@ def _checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:
             return forward(*args, **kwargs)
         return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
+    run.activation_checkpointed = True
     return run
 
 
 def checkpoint_layers(layers: Iterable[nn.Module]) -> int:
     """Run each layer's forward under non-reentrant activation checkpointing; returns the count.
     The module tree, the parameter names and the state_dict keys stay as they are (no wrapper
-    module), so the checkpoint format and DDP's parameter list do not change."""
+    module), so the checkpoint format and DDP's parameter list do not change. A layer already
+    checkpointed (a model trained a second time) is left as it is."""
     count = 0
     for layer in layers:
-        layer.forward = _checkpointed(layer.forward)
+        if not getattr(layer.forward, "activation_checkpointed", False):
+            layer.forward = _checkpointed(layer.forward)
         count += 1
     return count
 
@@ -116,6 +121,13 @@ def shard_frozen_llm(model: nn.Module, llm: nn.Module, device: torch.device) -> 
     fully_shard(model, mesh=mesh, ignored_params=trainable | outside)
 
 
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether an earlier run sharded ``model`` already (FSDP is imported only here: it is slow)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def prepare_model(model: nn.Module, device: torch.device, run_cfg: Any) -> nn.Module:
     """The model as the runner trains it, on ``device``: activation checkpointing of the LLM's
     layers (``run.llm_activation_checkpointing``), then the frozen LLM sharded across the ranks
@@ -130,7 +142,7 @@ def prepare_model(model: nn.Module, device: torch.device, run_cfg: Any) -> nn.Mo
     if run_cfg.llm_activation_checkpointing:
         count = checkpoint_layers(decoder_layers(llm))
         logger.info("Activation checkpointing on the LLM's %d decoder layers", count)
-    if run_cfg.shard_llm:
+    if run_cfg.shard_llm and not _is_sharded(model):
         if shards_llm(run_cfg):
             shard_frozen_llm(model, llm, device)
             logger.info("The frozen LLM is sharded across %d ranks (FSDP2)", get_world_size())
