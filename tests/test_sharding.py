@@ -1,6 +1,7 @@
-"""The frozen LLM sharded across two CPU processes with FSDP2 (gloo, torchrun), with activation
-checkpointing of its layers: the same losses and projection as the unsharded run, the same
-checkpoint format, and an exact resume."""
+"""The frozen LLM sharded across two CPU processes with FSDP2 (gloo): through train.py under
+torchrun, with activation checkpointing of its layers, the same losses and projection as the
+unsharded run, the same checkpoint format and an exact resume; and one step of the golden model
+(and of a tied-embedding variant) with the projection gradient of the unsharded model."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden_model import build_golden_model
+from golden_model import build_golden_model, golden_model_config
 from omegaconf import OmegaConf
 from tiny_assets import REPO_ROOT, STAGE1_TINY, tiny_path_options, tiny_root
 
 from minigpt4.common.checkpoint import load_checkpoint
 from minigpt4.common.schema import RunConfig
+from minigpt4.models.llm import load_llama_tokenizer, read_llama_config
+from minigpt4.models.mini_gpt4 import MiniGPT4
 from minigpt4.runners.memory import prepare_model
 from minigpt4.runners.runner_base import wrap_ddp
 
@@ -120,22 +123,42 @@ def test_sharded_checkpoint_keeps_the_format_and_resumes_exactly(runs):
         assert torch.equal(resumed[0]["weights"][key], value)
 
 
+def tied_golden_model(golden_dir: Path) -> MiniGPT4:
+    """The golden architecture with an LLM whose LM head is its input embedding, random weights
+    (seeded: every rank builds the same)."""
+    tokenizer = load_llama_tokenizer(golden_dir / "vicuna_tiny")
+    config = read_llama_config(golden_dir / "vicuna_tiny", tokenizer)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = MiniGPT4.build(golden_model_config(golden_dir), config, tokenizer)
+    assert model.llama_model.lm_head.weight is model.llama_model.get_input_embeddings().weight
+    return model
+
+
 def golden_step_of_rank(rank: int, init_file: str, golden_dir: str, out: str) -> None:
     """One rank of ``test_sharded_golden_model_gives_the_unsharded_gradient``: the golden model's
-    loss and projection gradient, plain, sharded, and sharded with checkpointing, each under DDP."""
+    loss and projection gradient, plain, sharded, and sharded with checkpointing, then a tied-embedding
+    variant plain and sharded, each under DDP."""
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         images = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(1))
         samples = {"image": images, "text_input": ["a woman astronaut in front of the flag", "an orange tabby cat"]}
-        results = []
-        for keys in ({}, {"shard_llm": True}, {"shard_llm": True, "llm_activation_checkpointing": True}):
-            model = build_golden_model(Path(golden_dir))
+        shard, both = {"shard_llm": True}, {"shard_llm": True, "llm_activation_checkpointing": True}
+        results = {}
+        for name, build, keys in (
+            ("plain", build_golden_model, {}),
+            ("sharded", build_golden_model, shard),
+            ("sharded_checkpointed", build_golden_model, both),
+            ("tied_plain", tied_golden_model, {}),
+            ("tied_sharded", tied_golden_model, shard),
+        ):
+            model = build(Path(golden_dir))
             model = prepare_model(model, torch.device("cpu"), OmegaConf.merge(OmegaConf.structured(RunConfig), keys))
             torch.manual_seed(0)  # the training prompt is drawn at random
             loss = wrap_ddp(model, torch.device("cpu")).train()(samples)["loss"]
             loss.backward()
             kind = type(model.llama_model.model.layers[0].mlp.up_proj.weight).__name__
-            results.append((loss.detach(), model.llama_proj.weight.grad, model.llama_proj.bias.grad, kind))
+            results[name] = (loss.detach(), model.llama_proj.weight.grad, model.llama_proj.bias.grad, kind)
         torch.save(results, f"{out}{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
@@ -145,9 +168,8 @@ def test_sharded_golden_model_gives_the_unsharded_gradient(tmp_path, golden_dir)
     out = str(tmp_path / "golden")
     torch.multiprocessing.spawn(golden_step_of_rank, args=(str(tmp_path / "init"), str(golden_dir), out), nprocs=2)
     for rank in range(2):
-        plain, *sharded = torch.load(f"{out}{rank}.pt", weights_only=True)
-        assert plain[3] == "Parameter"
-        for other in sharded:
-            assert other[3] == "DTensor"
-            for want, got in zip(plain[:3], other[:3], strict=True):
+        results = torch.load(f"{out}{rank}.pt", weights_only=True)
+        for plain, sharded in (("plain", "sharded"), ("plain", "sharded_checkpointed"), ("tied_plain", "tied_sharded")):
+            assert results[plain][3] == "Parameter" and results[sharded][3] == "DTensor"
+            for want, got in zip(results[plain][:3], results[sharded][:3], strict=True):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
