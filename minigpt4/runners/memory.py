@@ -8,15 +8,15 @@ DDP (:func:`prepare_model`):
   ``torch.utils.checkpoint``). The layers' weights stay frozen; the gradient of the projection
   still flows through the whole LLM, as without checkpointing.
 * ``run.shard_llm``: under torchrun with several ranks, the frozen LLM's parameters are sharded
-  across the ranks with PyTorch's FSDP2 (``fully_shard``): one unit per decoder layer, gathered
-  for its forward and again for its backward, and the embedding, final norm and LM head in the
-  root unit. Every trainable parameter (``llama_proj``, adapters) and everything outside the LLM
-  stays a whole tensor on each rank, reduced by DDP as before, so checkpoints, the optimizer and
-  resume are unchanged. The model is then loaded on the CPU and placed on the device shard by
-  shard (:func:`build_model_for_sharding`), so that no rank ever holds the whole LLM on its
-  device. The root unit gathers the embedding and the LM head when the model's ``forward`` starts,
-  so a sharded model is run through ``forward`` (training, a validation loss); calling
-  ``embed_tokens`` or ``generate`` on it directly finds those two sharded.
+  across the ranks with PyTorch's FSDP2 (``fully_shard``): one unit per decoder layer, gathered for
+  its forward and again for its backward, and the embedding, final norm and LM head in the root
+  unit. Every trainable parameter (``llama_proj``; an adapter inside the LLM is passed to FSDP as
+  ignored) and everything outside the LLM stays a whole tensor on each rank, reduced by DDP as
+  before, so checkpoints, the optimizer and resume are unchanged. The model is then loaded on the
+  CPU and placed on the device shard by shard (:func:`build_model_for_sharding`), so that no rank
+  ever holds the whole LLM on its device. The root unit gathers the embedding and the LM head when
+  the model's ``forward`` starts, so a sharded model is run through ``forward`` (training, a
+  validation loss); calling ``embed_tokens`` or ``generate`` on it directly finds those two sharded.
 """
 
 from __future__ import annotations
