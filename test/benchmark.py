@@ -59,6 +59,10 @@ vision side is still ``--size``'s; the FLOP model reads the LLM's sizes from its
 ``--compile`` compiles each ViT block and LLM decoder layer with ``torch.compile`` (regional
 compilation: quick to compile, one graph per layer kind), to measure whether it pays.
 
+``--activation-checkpointing`` recomputes each LLM decoder layer in the backward, as
+``run.llm_activation_checkpointing`` does, to measure what it saves in ``peak_mem_MiB`` and
+costs in step time.
+
 One process, one device: these are per-device figures (DDP only all-reduces the 3M-parameter
 projection's gradient, so several devices scale them by their number).
 """
@@ -122,6 +126,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch.compile each ViT block and LLM decoder layer (give it --warmup 5: shapes vary at first)",
     )
     parser.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each LLM decoder layer in the backward (run.llm_activation_checkpointing)",
+    )
+    parser.add_argument(
         "--length-grouping",
         type=int,
         default=0,
@@ -163,6 +172,7 @@ from minigpt4.common.schema import QFormerArch, RunConfig, VitArch
 from minigpt4.datasets.datasets.length_grouping import length_grouped
 from minigpt4.models.llm import llm_size_name, load_llama_tokenizer, read_llama_config
 from minigpt4.models.mini_gpt4 import MiniGPT4
+from minigpt4.runners.memory import checkpoint_layers, decoder_layers
 from minigpt4.runners.runner_base import (
     backward_dtype,
     build_optimizer,
@@ -448,6 +458,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.compile:
         for layer in (*model.visual_encoder.blocks, *model.llama_model.model.layers):
             layer.compile()
+    if args.activation_checkpointing:
+        checkpoint_layers(decoder_layers(model.llama_model))
     build_seconds = time.perf_counter() - start
     logger.info("built %s on %s in %.1f s", args.size, device, build_seconds)
     flop_model = minigpt4_flop_model(model)
@@ -515,6 +527,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "dtype": DTYPE_NAMES[dtype or torch.float32],
         "compile": args.compile,
+        "activation_checkpointing": args.activation_checkpointing,
         "length_grouping": args.length_grouping,
         "batch_size": batch_size,
         "warmup": args.warmup,
@@ -565,6 +578,8 @@ def table_row(r: dict[str, Any]) -> str:
         setup.append(f"length_grouping {r['length_grouping']}")
     if r["compile"]:
         setup.append("compiled")
+    if r["activation_checkpointing"]:
+        setup.append("LLM activation checkpointing")
     tokens = f"{r['TokensPerSec']:,.0f} real / {r['TokensPerSec_padded']:,.0f} padded"
     return (
         f"| {r['stage']} | {', '.join(setup)} | 1 x {r['device_name']} | {r['batch_size']} | {tokens} "
@@ -583,6 +598,7 @@ def summary(r: dict[str, Any]) -> str:
         f"MiniGPT-4 training step: size={r['size']}{' llm=' + r['llm_config'] if r.get('llm_config') else ''} "
         f"stage={r['stage']} batch={r['batch_size']} dtype={r['dtype']}"
         f"{' compiled' if r['compile'] else ''}"
+        f"{' activation_checkpointing' if r['activation_checkpointing'] else ''}"
         f"{f' length_grouping={g}' if (g := r['length_grouping']) else ''} on {r['device_name']}\n"
         f"  median step time  {r['median_step_time']:.4f} s ({r['steps']} timed steps after {r['warmup']} warm-up)\n"
         f"  samples/s         {r['samples_per_sec']:.2f}\n"

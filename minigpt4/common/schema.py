@@ -241,6 +241,14 @@ class RunConfig:
     # line); above this share of skipped samples among those read from a loader worker's last 20
     # shards the run stops, naming the shards. 1.0: never stop for skips.
     max_skip_fraction: float = 0.2
+    # Memory for the big LLMs (runners/memory.py). Recompute each decoder layer of the frozen LLM
+    # in the backward instead of keeping its activations (non-reentrant checkpointing; the
+    # projection's gradient still flows through the whole LLM).
+    llm_activation_checkpointing: bool = False
+    # Under torchrun with several ranks: shard the frozen LLM's parameters across the ranks with
+    # FSDP2 (one unit per decoder layer); the trainable parameters stay whole and DDP reduces them,
+    # so checkpoints keep their format. Not with model.low_resource.
+    shard_llm: bool = False
 
 
 @dataclass
