@@ -263,7 +263,11 @@ def write_described(out: Path, count: int, rng: random.Random, with_attributes: 
         if with_attributes:
             entry.update(asdict(thing))
         annotations.append(entry)
-    (out / "filter_cap.json").write_text(json.dumps({"annotations": annotations}, indent=1))
+    content: dict = {"annotations": annotations}
+    if with_attributes:
+        # Every value an answer could name, for the held-out score (eval_configs/world_heldout.yaml).
+        content["attribute_values"] = {name: list(values) for name, values in ATTRIBUTES.items()}
+    (out / "filter_cap.json").write_text(json.dumps(content, indent=1))
 
 
 def read_heldout(folder: Path) -> list[tuple[Path, Thing, str]]:
