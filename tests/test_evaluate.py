@@ -115,6 +115,8 @@ def test_each_benchmark_runs_end_to_end_from_its_own_files(name, fixtures, tmp_p
     if name in ("coco_caption", "nocaps"):
         assert figures["images"] == len(lines)  # scores or the reason each is missing
         assert set(figures["scores"]) | set(figures["missing"]) >= {"BLEU-4", "CIDEr"}
+        if name == "nocaps":
+            assert set(figures["per_domain"]) == {"in-domain", "near-domain", "out-domain"}
     else:
         assert figures["questions"] == len(lines) and 0 <= figures["accuracy"] <= 100
 

@@ -117,8 +117,8 @@ class NoCapsBuilder(BenchmarkBuilder):
     dataset_class = bm.CaptionBenchmark
 
     def read_split(self, split: str) -> tuple[list[bm.BenchmarkQuestion], dict[str, Any]]:
-        questions, references = bm.read_nocaps(self.annotation(split), self.images())
-        return questions, {"references": references}
+        questions, references, domains = bm.read_nocaps(self.annotation(split), self.images())
+        return questions, {"references": references, "domains": domains}
 
 
 class VQAFilesBuilder(BenchmarkBuilder):

@@ -129,9 +129,10 @@ def read_karpathy(path: Path, images: Path) -> tuple[list[BenchmarkQuestion], di
     return questions, references
 
 
-def read_nocaps(path: Path, images: Path) -> tuple[list[BenchmarkQuestion], dict[str, list[str]]]:
+def read_nocaps(path: Path, images: Path) -> tuple[list[BenchmarkQuestion], dict[str, list[str]], dict[str, str]]:
     """``nocaps_val_4500_captions.json`` (nocaps.org): ``{"images": [{"id", "file_name",
-    "domain", ...}], "annotations": [{"image_id", "id", "caption"}]}``; images by ``file_name``."""
+    "domain", ...}], "annotations": [{"image_id", "id", "caption"}]}``; images by ``file_name``.
+    Returns the questions, the references and each image's domain (in-, near-, out-domain)."""
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise BenchmarkError(f"{path}: a nocaps file is a JSON object with 'images' and 'annotations' lists")
@@ -149,23 +150,38 @@ def read_nocaps(path: Path, images: Path) -> tuple[list[BenchmarkQuestion], dict
         key = str(field_of(row, ["image_id"], path, "image_id"))
         if key in references:
             references[key].append(str(field_of(row, ["caption"], path, "caption")))
-    return questions, references
+    domains = {str(row["id"]): str(row["domain"]) for row in data["images"] if row.get("domain")}
+    return questions, references, domains
 
 
 class CaptionBenchmark(BenchmarkDataset):
-    """Predictions: the COCO results format, ``{"image_id", "caption"}``."""
+    """Predictions: the COCO results format, ``{"image_id", "caption"}``. With ``domains``
+    (NoCaps), each domain is also scored alone, as NoCaps reports it (``per_domain``)."""
 
     answer_field = "caption"
 
-    def __init__(self, *args: Any, references: Mapping[str, list[str]], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, references: Mapping[str, list[str]], domains: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.references = references
+        self.references, self.domains = references, domains or {}
 
     def postprocess(self, text: str) -> str:
         return first_line(text)
 
     def score(self, predictions: Mapping[str, str], keys: Iterable[str]) -> dict:
-        return score_captions(predictions, self.references, keys)
+        keys = list(keys)
+        result = score_captions(predictions, self.references, keys)
+        groups: dict[str, list[str]] = {}
+        for key in keys:
+            if key in self.domains:
+                groups.setdefault(self.domains[key], []).append(key)
+        if groups:
+            result["per_domain"] = {
+                domain: score_captions(predictions, self.references, group)["scores"]
+                for domain, group in sorted(groups.items())
+            }
+        return result
 
 
 # --- VQA: VQAv2, OK-VQA, VizWiz, TextVQA --------------------------------------------------------
