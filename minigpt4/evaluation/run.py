@@ -206,8 +206,9 @@ def evaluate_benchmarks(
 ) -> dict[str, dict] | None:
     """Answers every split of every benchmark (``{name: {split: dataset}}``) on this rank's share,
     then, on rank 0, merges and scores: ``{"<name>/<split>": figures}`` (None on other ranks).
-    ``answer_batch(dataset, images, prompts)`` answers one batch of ``dataset``; ``settings(dataset)`` is what a split's
-    answers depend on (written beside them and checked on restart)."""
+    ``answer_batch(dataset, images, prompts)`` answers one batch of ``dataset``;
+    ``settings(dataset)`` is what a split's answers depend on (written beside them and checked on
+    restart). Training can call this with its own model and held-out benchmarks."""
     output_dir.mkdir(parents=True, exist_ok=True)
     splits = [dataset for by_split in benchmarks.values() for dataset in by_split.values()]
     for dataset in splits:

@@ -283,7 +283,7 @@ def read_gqa(path: Path, images: Path, image_name: str) -> tuple[list[BenchmarkQ
     questions, truths = [], {}
     if isinstance(data, dict):
         for key, row in data.items():
-            types = row.get("types") or {} if isinstance(row, dict) else {}
+            types = (row.get("types") or {}) if isinstance(row, dict) else {}
             image = image_name.format(image_id=field_of(row, ["imageId"], path, "imageId"))
             truths[str(key)] = {
                 "answer": str(field_of(row, ["answer"], path, "answer")),
