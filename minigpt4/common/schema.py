@@ -155,6 +155,28 @@ class BuildInfo:
     str (typed Any because OmegaConf 2.3 has no unions; ``Config`` checks it)."""
 
     storage: Any = ""
+    # Benchmarks (evaluate.py; minigpt4/datasets/builders/benchmark_builder.py): the benchmark's
+    # own annotation files by role (``questions``, ``annotations``, or one file per split such as
+    # POPE's ``random``), the image folder, and for annotations that give only an image id the
+    # file name as a format string (``COCO_val2014_{image_id:012d}.jpg``; empty: the builder's).
+    annotations: dict[str, str] = field(default_factory=dict)
+    images: str = ""
+    image_name: str = ""
+
+
+@dataclass
+class BenchmarkConfig:
+    """``datasets.<benchmark>.benchmark``: how evaluate.py asks a benchmark's questions. ``prompt``
+    is the text each question is asked as, ``{}`` standing for the benchmark's question (caption
+    benchmarks have none); every question is a fresh one-turn conversation, answered greedily.
+    ``splits``: the annotation splits to evaluate (empty: all the builder finds configured)."""
+
+    prompt: str = ""
+    max_new_tokens: int = 20
+    splits: list[str] = field(default_factory=list)
+    # Attribute-naming benchmarks (the tiny world's held-out split): the annotation fields an
+    # answer must name, each with the right value and no other value of that field.
+    scored_attributes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +191,8 @@ class DatasetConfig:
     text_processor: SplitProcessors = field(default_factory=SplitProcessors)
     # Relative weight of this dataset when several are mixed batch by batch (stage 1: 115 and 14).
     sample_ratio: float = 1.0
+    # Benchmarks only (evaluate.py): the prompt and generation settings.
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
 
 @dataclass
@@ -263,6 +287,7 @@ class RootConfig:
 
 __all__ = [
     "WEIGHT_URLS",
+    "BenchmarkConfig",
     "BuildInfo",
     "DatasetConfig",
     "ModelConfig",
