@@ -51,8 +51,17 @@ among them) and the CUDA synchronisations per step (``cudaStreamSynchronize`` an
 other devices; the one closing the profile is not counted). transformers' LLaMA makes one such
 read per forward.
 
+``--llm-config DIR`` takes the LLM from a local Hugging Face folder of any family instead
+(LLaMA-3, Mistral, Qwen2.5, ...): its ``config.json`` and tokenizer files, never its weights (the
+LLM is built from the config with random weights; a folder of just those files will do). The
+vision side is still ``--size``'s; the FLOP model reads the LLM's sizes from its config.
+
 ``--compile`` compiles each ViT block and LLM decoder layer with ``torch.compile`` (regional
 compilation: quick to compile, one graph per layer kind), to measure whether it pays.
+
+``--activation-checkpointing`` recomputes each LLM decoder layer in the backward, as
+``run.llm_activation_checkpointing`` does, to measure what it saves in ``peak_mem_MiB`` and
+costs in step time.
 
 One process, one device: these are per-device figures (DDP only all-reduces the 3M-parameter
 projection's gradient, so several devices scale them by their number).
@@ -104,11 +113,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="auto: the runner's choice (bf16 where supported, else fp16; fp32 on a CPU)",
     )
+    parser.add_argument(
+        "--llm-config",
+        type=Path,
+        metavar="DIR",
+        help="build the LLM from this folder's config.json and tokenizer (any family; no weights read)",
+    )
     parser.add_argument("--peak-tflops", type=float, help="the device's peak dense TFLOP/s, for MFU (else by name)")
     parser.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile each ViT block and LLM decoder layer (give it --warmup 5: shapes vary at first)",
+    )
+    parser.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each LLM decoder layer in the backward (run.llm_activation_checkpointing)",
     )
     parser.add_argument(
         "--length-grouping",
@@ -141,7 +161,7 @@ if __name__ == "__main__":
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from transformers import LlamaConfig
+from transformers import LlamaConfig, PretrainedConfig
 
 from minigpt4 import REPO_ROOT
 from minigpt4.common.device import accelerator_name, autocast, init_device, resolve_device, synchronize
@@ -150,8 +170,9 @@ from minigpt4.common.logger import StepMetrics, peak_memory_mib, setup_logger
 from minigpt4.common.registry import registry
 from minigpt4.common.schema import QFormerArch, RunConfig, VitArch
 from minigpt4.datasets.datasets.length_grouping import length_grouped
-from minigpt4.models.llm import load_llama_tokenizer
+from minigpt4.models.llm import llm_size_name, load_llama_tokenizer, read_llama_config
 from minigpt4.models.mini_gpt4 import MiniGPT4
+from minigpt4.runners.memory import checkpoint_layers, decoder_layers
 from minigpt4.runners.runner_base import (
     backward_dtype,
     build_optimizer,
@@ -255,10 +276,17 @@ def stage_config(stage: int, device_name: str, dtype: str) -> tuple[dict[str, An
 
 
 def build_model(
-    size: str, model_cfg: dict[str, Any], tokenizer: Any, device: torch.device, dtype: torch.dtype | None
+    size: str,
+    model_cfg: dict[str, Any],
+    tokenizer: Any,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    llm_config: PretrainedConfig | None = None,
 ) -> MiniGPT4:
     """``MiniGPT4.build`` of the architecture ``size`` with random weights, created on ``device``
-    (``meta`` allocates nothing); the ViT and LLM weights stored in ``dtype`` (None: fp32)."""
+    (``meta`` allocates nothing); the ViT and LLM weights stored in ``dtype`` (None: fp32). The
+    LLM is ``llm_config``'s where given (``--llm-config``), else ``size``'s LLaMA."""
     arch = SIZES[size]
     precision = DTYPE_NAMES[dtype or torch.float32]
     cfg = {
@@ -271,7 +299,7 @@ def build_model(
         "llm_precision": precision,
     }
     with torch.device(device):
-        return MiniGPT4.build(cfg, benchmark_llama_config(arch, len(tokenizer)), tokenizer)
+        return MiniGPT4.build(cfg, llm_config or benchmark_llama_config(arch, len(tokenizer)), tokenizer)
 
 
 def photos() -> list[Image.Image]:
@@ -419,12 +447,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
 
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer = make_tokenizer(Path(folder))
-    model = build_model(args.size, model_cfg, tokenizer, device, dtype)
+    llm_config = None
+    if args.llm_config:
+        tokenizer = load_llama_tokenizer(args.llm_config)
+        llm_config = read_llama_config(args.llm_config, tokenizer)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            tokenizer = make_tokenizer(Path(folder))
+    model = build_model(args.size, model_cfg, tokenizer, device, dtype, llm_config=llm_config)
     if args.compile:
         for layer in (*model.visual_encoder.blocks, *model.llama_model.model.layers):
             layer.compile()
+    if args.activation_checkpointing:
+        checkpoint_layers(decoder_layers(model.llama_model))
     build_seconds = time.perf_counter() - start
     logger.info("built %s on %s in %.1f s", args.size, device, build_seconds)
     flop_model = minigpt4_flop_model(model)
@@ -484,12 +519,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device_name(device))
     result = {
         "size": args.size,
+        "llm": llm_size_name(model.llama_model.config) if args.llm_config else None,
+        "llm_config": str(args.llm_config) if args.llm_config else None,
         "stage": args.stage,
         "device": str(device),
         "device_name": device_name(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "dtype": DTYPE_NAMES[dtype or torch.float32],
         "compile": args.compile,
+        "activation_checkpointing": args.activation_checkpointing,
         "length_grouping": args.length_grouping,
         "batch_size": batch_size,
         "warmup": args.warmup,
@@ -540,6 +578,8 @@ def table_row(r: dict[str, Any]) -> str:
         setup.append(f"length_grouping {r['length_grouping']}")
     if r["compile"]:
         setup.append("compiled")
+    if r["activation_checkpointing"]:
+        setup.append("LLM activation checkpointing")
     tokens = f"{r['TokensPerSec']:,.0f} real / {r['TokensPerSec_padded']:,.0f} padded"
     return (
         f"| {r['stage']} | {', '.join(setup)} | 1 x {r['device_name']} | {r['batch_size']} | {tokens} "
@@ -555,8 +595,10 @@ def summary(r: dict[str, Any]) -> str:
     )
     batch = r["batch_size"]
     return (
-        f"MiniGPT-4 training step: size={r['size']} stage={r['stage']} batch={r['batch_size']} dtype={r['dtype']}"
+        f"MiniGPT-4 training step: size={r['size']}{' llm=' + r['llm_config'] if r.get('llm_config') else ''} "
+        f"stage={r['stage']} batch={r['batch_size']} dtype={r['dtype']}"
         f"{' compiled' if r['compile'] else ''}"
+        f"{' activation_checkpointing' if r['activation_checkpointing'] else ''}"
         f"{f' length_grouping={g}' if (g := r['length_grouping']) else ''} on {r['device_name']}\n"
         f"  median step time  {r['median_step_time']:.4f} s ({r['steps']} timed steps after {r['warmup']} warm-up)\n"
         f"  samples/s         {r['samples_per_sec']:.2f}\n"

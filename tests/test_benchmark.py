@@ -228,6 +228,16 @@ def test_compiled_layers_compute_the_eager_loss(tmp_path, one_thread):
     assert compiled["tokens_per_step"] == eager["tokens_per_step"]
 
 
+def test_activation_checkpointing_computes_the_plain_loss(tmp_path, one_thread):
+    steps = ("--batch-size", "4", "--steps", "1", "--warmup", "1")
+    plain, _ = run_tiny(tmp_path, 1, *steps)
+    checkpointed, _ = run_tiny(tmp_path, 1, *steps, "--activation-checkpointing")
+    assert plain["activation_checkpointing"] is False and checkpointed["activation_checkpointing"] is True
+    assert ", LLM activation checkpointing |" in bench.table_row(checkpointed)
+    assert checkpointed["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert checkpointed["tokens_per_step"] == plain["tokens_per_step"]
+
+
 @pytest.mark.parametrize("grouping", [0, 2])
 def test_dataloader_benchmark_reports_each_worker_count(capsys, one_thread, grouping):
     loader_bench = load_script(BENCHMARK.parent / "benchmark_dataloader.py", "minigpt4_benchmark_dataloader")

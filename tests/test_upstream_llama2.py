@@ -328,7 +328,7 @@ def test_both_stages_and_chat_with_the_inst_template(in_root, tmp_path):
     assert context.shape[1] == 1 + len(first) + 4 + len(
         tokenizer("</Img> What is this? [/INST] ", add_special_tokens=False).input_ids
     )
-    assert chat.stop_criterion(conv.sep).by_length[1].tolist() == [[tokenizer.eos_token_id]]
+    assert chat.stop_criterion(conv).by_length[1].tolist() == [[tokenizer.eos_token_id]]
     # the README's training-prompt variant: one BOS, then exactly the stage-2 training prompt
     plain = dataclasses.replace(CONV_VISION_LLama2, system="", roles=("[INST] ", " [/INST] ")).copy()
     plain.append_message(plain.roles[0], "<Img><ImageHere></Img> What is this?")

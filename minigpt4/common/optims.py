@@ -2,14 +2,11 @@
 
 The runner calls ``step(cur_epoch, cur_step)`` before every iteration; the schedule is a pure
 function of the global step ``t = cur_epoch * iters_per_epoch + cur_step`` and sets the learning
-rate of every parameter group. One fix over the reference: warmup is driven by the global step,
-so a warmup longer than one epoch keeps warming up in the next epoch (the reference used the
-in-epoch step, which restarted the warmup at every epoch). When the warmup fits in epoch 0, as in
-every reference config, the two agree exactly.
+rate of every parameter group, so a warmup longer than one epoch keeps warming up in the next one.
 
-Both schedules take the reference's keyword set (``optimizer, max_epoch, iters_per_epoch, min_lr,
-init_lr, decay_rate, warmup_start_lr, warmup_steps``) and ignore the keywords they do not use, as
-the reference did: a runner written against it builds either schedule with the same call.
+Both schedules take one keyword set (``optimizer, max_epoch, iters_per_epoch, min_lr, init_lr,
+decay_rate, warmup_start_lr, warmup_steps``) and ignore what they do not use, so that one call
+builds either.
 """
 
 from __future__ import annotations
@@ -127,7 +124,6 @@ class LinearWarmupStepLRScheduler:
         cls, optimizer: torch.optim.Optimizer, run_cfg: DictConfig, iters_per_epoch: int
     ) -> LinearWarmupStepLRScheduler:
         if run_cfg.lr_decay_rate is None:
-            # The reference passed None on and failed with a TypeError at the start of epoch 1.
             raise ValueError("run.lr_sched 'linear_warmup_step_lr' needs run.lr_decay_rate (for example 0.9)")
         return cls(
             optimizer,

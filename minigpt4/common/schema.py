@@ -32,7 +32,7 @@ class VitArch:
 
 @dataclass
 class QFormerArch:
-    """bert-base values, built locally (the reference fetched them from a model hub)."""
+    """bert-base values, built locally (nothing is fetched from a model hub)."""
 
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -68,21 +68,14 @@ class ModelConfig:
     image_size: int = 224
     drop_path_rate: float = 0.0
     use_grad_checkpoint: bool = False
-    # Storage dtype of the ViT's Linear and Conv weights: fp16, bf16, fp32 or auto. LayerNorms,
-    # cls_token, pos_embed, q/v biases and ln_vision stay fp32. With fp16/bf16 the vision tower and
-    # the Q-Former run under autocast in that dtype, as the reference does; with fp32 the model adds
-    # no autocast of its own, so they compute in fp32 unless the training run's own autocast
-    # (``run.amp``/``run.precision``) is on (the reference also autocast its fp32 ViT to fp16 on a
-    # GPU). ``auto`` (new value, the
-    # default) is the reference's fp16 on a CUDA GPU or an Ascend NPU and fp32 on a CPU, so that a
-    # CPU computes in fp32 unless configured otherwise. The device is the one the model is built
-    # for (``MiniGPT4.from_config(cfg, device)``), else the machine's (cuda, then npu, then cpu).
-    # With ``low_resource`` the vision tower runs on the CPU in fp32 whatever this says.
+    # Storage dtype of the ViT's Linear and Conv weights: fp16, bf16, fp32 or auto (fp16 on a CUDA
+    # GPU or an Ascend NPU, fp32 on a CPU; decided for the device the model is built for). Norms,
+    # cls_token, pos_embed, q/v biases and ln_vision stay fp32. fp16/bf16 also autocast the vision
+    # tower and Q-Former; fp32 leaves them to the run's own autocast. low_resource: fp32 on the CPU.
     vit_precision: str = "auto"
-    # Dtype of the LLM weights (fp16, bf16 or fp32; new key). ``auto``: bf16 where the accelerator
-    # supports it, else fp16 (the reference's), and fp32 on a CPU; the device is chosen as for
-    # ``vit_precision``. With fp16/bf16 the LLM (and llama_proj) run under autocast in that dtype;
-    # with fp32, under the training run's autocast if it has one.
+    # Dtype of the LLM weights (fp16, bf16 or fp32). ``auto``: bf16 where the accelerator supports
+    # it, else fp16, and fp32 on a CPU; the device is chosen as for ``vit_precision``. fp16/bf16
+    # autocast the LLM (and llama_proj) in that dtype; fp32 leaves them to the run's own autocast.
     llm_precision: str = "auto"
     freeze_vit: bool = True
     # Upstream's later key. False (its LLaMA-2 variant): no Q-Former, no query tokens and no BLIP-2
@@ -95,17 +88,22 @@ class ModelConfig:
     freeze_qformer: bool = True
     num_query_token: int = 32
     llama_model: str = ""
-    # Present in the reference's default model YAML and never read by its code; accepted so that
-    # its YAML files load unchanged.
+    # Never read; accepted so that the 2023 default model YAML loads unchanged.
     prompt: str = ""
     prompt_path: str = ""
     prompt_template: str = ""
     max_txt_len: int = 32
     end_sym: str = "\n"
-    # The LLM tokenizer's pad token (new key): "" is the reference's pad = </s>, which also masks
-    # every </s> of the text out of the loss; upstream's later LLaMA-2 configs use "$$" (an
-    # ordinary piece of the LLaMA vocabulary, id 3997), so that an end_sym "</s>" is trained. The
-    # token must be a single piece of the vocabulary; a "$$" inside a caption is then not trained.
+    # The conversation template (minigpt4/conversation/templates.py): vicuna_v0 (###Human /
+    # ###Assistant), llama2 ([INST] ... [/INST]), chat_template (the LLM tokenizer's own Jinja
+    # template; with prompt_path the training prompt is rendered through it and answers end with its
+    # end-of-turn text, prompt_template, if set, being the user turn's content) or auto: llama2 for
+    # model_type pretrain_llama2, else vicuna_v0. Chat, the demo and inference.py speak it;
+    # generation stops on its end texts and the tokenizer's EOS.
+    conv_template: str = "auto"
+    # The LLM tokenizer's pad token: "" is pad = </s>, which also masks every </s> of the text out
+    # of the loss; "$$" (upstream's LLaMA-2 configs; LLaMA id 3997) lets an end_sym "</s>" be
+    # trained. A single piece of the vocabulary; a "$$" inside a caption is then not trained.
     pad_token: str = ""
     # 8-bit LLM (bitsandbytes, CUDA only) on GPU ``device_8bit``, vision tower on the CPU in fp32,
     # as the reference's demo; ``model.to(device)`` then moves the Q-Former and llama_proj only.
@@ -166,6 +164,28 @@ class BuildInfo:
     str (typed Any because OmegaConf 2.3 has no unions; ``Config`` checks it)."""
 
     storage: Any = ""
+    # Benchmarks (evaluate.py; minigpt4/datasets/builders/benchmark_builder.py): the benchmark's
+    # own annotation files by role (``questions``, ``annotations``, or one file per split such as
+    # POPE's ``random``), the image folder, and for annotations that give only an image id the
+    # file name as a format string (``COCO_val2014_{image_id:012d}.jpg``; empty: the builder's).
+    annotations: dict[str, str] = field(default_factory=dict)
+    images: str = ""
+    image_name: str = ""
+
+
+@dataclass
+class BenchmarkConfig:
+    """``datasets.<benchmark>.benchmark``: how evaluate.py asks a benchmark's questions. ``prompt``
+    is the text each question is asked as, ``{}`` standing for the benchmark's question (caption
+    benchmarks have none); every question is a fresh one-turn conversation, answered greedily.
+    ``splits``: the annotation splits to evaluate (empty: all the builder finds configured)."""
+
+    prompt: str = ""
+    max_new_tokens: int = 20
+    splits: list[str] = field(default_factory=list)
+    # Attribute-naming benchmarks (the tiny world's held-out split): the annotation fields an
+    # answer must name, each with the right value and no other value of that field.
+    scored_attributes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -180,14 +200,16 @@ class DatasetConfig:
     text_processor: SplitProcessors = field(default_factory=SplitProcessors)
     # Relative weight of this dataset when several are mixed batch by batch (stage 1: 115 and 14).
     sample_ratio: float = 1.0
+    # Benchmarks only (evaluate.py): the prompt and generation settings.
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
 
 @dataclass
 class RunConfig:
     """``run:`` of a YAML file: the reference's keys and defaults (see train_configs/), then the
-    keys this re-implementation adds. Iterations count batches per rank; an optimizer step happens
-    every ``accum_grad_iters`` of them. ``output_dir`` is relative to the working directory (the
-    reference put it inside the package); each run writes to ``output_dir/<job_id>/``."""
+    keys this project adds. Iterations count batches per rank; an optimizer step happens every
+    ``accum_grad_iters`` of them. Each run writes to ``output_dir/<job_id>/``, relative to the
+    working directory."""
 
     task: str = "image_text_pretrain"
     runner: str = "runner_base"
@@ -200,7 +222,7 @@ class RunConfig:
     weight_decay: float = 0.05
     beta2: float = 0.999
     max_epoch: int = 1
-    # The reference fell back to 10000 when the key was missing (its endless loaders have no length).
+    # The shard streams are endless: an epoch is this many iterations.
     iters_per_epoch: int = 10000
     batch_size_train: int = 1
     batch_size_eval: int = 1
@@ -252,6 +274,14 @@ class RunConfig:
     # line); above this share of skipped samples among those read from a loader worker's last 20
     # shards the run stops, naming the shards. 1.0: never stop for skips.
     max_skip_fraction: float = 0.2
+    # Memory for the big LLMs (runners/memory.py). Recompute each decoder layer of the frozen LLM
+    # in the backward instead of keeping its activations (non-reentrant checkpointing; the
+    # projection's gradient still flows through the whole LLM).
+    llm_activation_checkpointing: bool = False
+    # Under torchrun with several ranks: shard the frozen LLM's parameters across the ranks with
+    # FSDP2 (one unit per decoder layer); the trainable parameters stay whole and DDP reduces them,
+    # so checkpoints keep their format. Not with model.low_resource.
+    shard_llm: bool = False
 
 
 @dataclass
@@ -266,6 +296,7 @@ class RootConfig:
 
 __all__ = [
     "WEIGHT_URLS",
+    "BenchmarkConfig",
     "BuildInfo",
     "DatasetConfig",
     "ModelConfig",

@@ -1,34 +1,22 @@
-"""The conversation engine: the prompt format, the stop on ``###`` and ``Chat``.
+"""The conversation engine: ``Chat`` and the stop on the template's end texts.
 
 ``Chat`` keeps the reference's surface (``upload_img``, ``ask``, ``get_context_emb``, ``answer`` with
 the same defaults) on transformers 5, and adds what its users asked for: a streaming answer, a batch
 of (image, question) pairs answered at once, and greedy decoding (``do_sample=False``) for
 deterministic output.
 
-The prompt the LLM sees for a first turn is::
-
-    <s>Give the following image: <Img>ImageContent</Img>. You will be able ... questions.###Human: <Img>
-    [image embeddings]</Img> {question}###Assistant:
-
-Only the first text segment gets ``<s>``; the image embeddings replace ``<ImageHere>``.
-
-``CONV_VISION_LLama2`` is upstream's later template for its LLaMA-2 MiniGPT-4 (``[INST] ... [/INST]``,
-answers ending at ``</s>``)::
-
-    <s>Give the following image: ... questions.<s>[INST] <Img>[image embeddings]</Img> {question} [/INST]
-
-The ``<s>`` written in the template is LLaMA's BOS token, so the prompt holds a second BOS after the
-system sentence, as upstream's does (LLaMA-2-chat starts every turn so).
+The prompt formats live in ``minigpt4.conversation.templates`` (``CONV_VISION``,
+``CONV_VISION_Vicuna0``, ``CONV_VISION_LLama2`` and the tokenizer's own chat template), re-exported
+here. A ``Chat`` speaks the template its model was configured with (``model.conv_template``,
+:meth:`Chat.new_conversation`); a conversation passed in keeps its own format.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from enum import Enum, auto
 from pathlib import Path
 from typing import Any
 
@@ -40,141 +28,49 @@ from transformers.generation.streamers import BaseStreamer
 
 from minigpt4.common.device import init_device
 from minigpt4.conversation.decoding import Decoding
+from minigpt4.conversation.templates import (
+    CONV_VISION,
+    DEFAULT_TEMPLATE,
+    IMAGE_MESSAGE,
+    IMAGE_PLACEHOLDER,
+    CONV_VISION_LLama2,
+    CONV_VISION_Vicuna0,
+    Conversation,
+    SeparatorStyle,
+    new_conversation,
+)
+from minigpt4.models.llm import start_ids
+
+# The reference's names (and upstream's later ones) keep their import path.
+__all__ = [
+    "CONV_VISION",
+    "IMAGE_MESSAGE",
+    "IMAGE_PLACEHOLDER",
+    "CONV_VISION_LLama2",
+    "CONV_VISION_Vicuna0",
+    "Chat",
+    "Conversation",
+    "Decoding",
+    "SeparatorStyle",
+    "StopOnSequences",
+    "load_image",
+    "postprocess_answer",
+    "stop_sequences",
+    "token_texts",
+]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_PLACEHOLDER = "<ImageHere>"
-IMAGE_MESSAGE = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
-
 ImageInput = str | Path | Image.Image | torch.Tensor
-
-
-class SeparatorStyle(Enum):
-    SINGLE = auto()
-    TWO = auto()
-
-
-@dataclasses.dataclass
-class Conversation:
-    """A conversation and the prompt string it turns into."""
-
-    system: str
-    roles: Sequence[str]
-    messages: list[list[str | None]]
-    offset: int
-    sep_style: SeparatorStyle = SeparatorStyle.SINGLE
-    sep: str = "###"
-    sep2: str | None = None
-    skip_next: bool = False
-    conv_id: Any = None
-    # Upstream's later format: the roles carry their own punctuation and spacing ("<s>[INST] "), so
-    # a message is ``role + message + sep`` and a message still to come is the role alone.
-    roles_carry_punctuation: bool = False
-
-    def get_prompt(self) -> str:
-        """``system + sep``, then ``role: message + sep`` per message; a message still to come (None)
-        ends the prompt with ``role:``. TWO alternates ``sep`` and ``sep2``. With
-        ``roles_carry_punctuation``: ``role + message + sep``, and ``role`` for one to come."""
-        if self.sep_style == SeparatorStyle.SINGLE:
-            seps = [self.sep, self.sep]
-        elif self.sep_style == SeparatorStyle.TWO:
-            if self.sep2 is None:
-                raise ValueError("SeparatorStyle.TWO needs sep2")
-            seps = [self.sep, self.sep2]
-        else:
-            raise ValueError(f"invalid separator style: {self.sep_style}")
-        prompt = self.system + seps[0]
-        for i, (role, message) in enumerate(self.messages):
-            if self.roles_carry_punctuation:
-                prompt += f"{role}{message}{seps[i % 2]}" if message else role
-            else:
-                prompt += f"{role}: {message}{seps[i % 2]}" if message else f"{role}:"
-        return prompt
-
-    @property
-    def answer_marker(self) -> str:
-        """What precedes the assistant's text in the prompt (``Assistant:``, ``[/INST]``)."""
-        role = self.roles[1]
-        return role.strip() if self.roles_carry_punctuation else f"{role}:"
-
-    def append_message(self, role: str, message: str | None) -> None:
-        self.messages.append([role, message])
-
-    def to_gradio_chatbot(self) -> list[dict[str, str]]:
-        """The messages from ``offset`` on, in gradio's messages format, alternating user and assistant
-        as the reference's pairs did (a message still to come is left out)."""
-        chatbot = []
-        for i, (_, message) in enumerate(self.messages[self.offset :]):
-            if message is not None:
-                chatbot.append({"role": "user" if i % 2 == 0 else "assistant", "content": message})
-        return chatbot
-
-    def copy(self) -> Conversation:
-        """A copy with its own message list (``skip_next`` is reset, as in the reference)."""
-        return Conversation(
-            system=self.system,
-            roles=self.roles,
-            messages=[[role, message] for role, message in self.messages],
-            offset=self.offset,
-            sep_style=self.sep_style,
-            sep=self.sep,
-            sep2=self.sep2,
-            conv_id=self.conv_id,
-            roles_carry_punctuation=self.roles_carry_punctuation,
-        )
-
-    def dict(self) -> dict[str, Any]:
-        return {
-            "system": self.system,
-            "roles": self.roles,
-            "messages": self.messages,
-            "offset": self.offset,
-            "sep": self.sep,
-            "sep2": self.sep2,
-            "conv_id": self.conv_id,
-        }
-
-
-CONV_VISION = Conversation(
-    system="Give the following image: <Img>ImageContent</Img>. "
-    "You will be able to see the image once I provide it to you. Please answer my questions.",
-    roles=("Human", "Assistant"),
-    messages=[],
-    offset=2,
-    sep_style=SeparatorStyle.SINGLE,
-    sep="###",
-)
-
-
-# Upstream's later templates (its LLaMA-2 MiniGPT-4 and the Vicuna v0 one under its later format).
-CONV_VISION_Vicuna0 = Conversation(
-    system=CONV_VISION.system,
-    roles=("Human: ", "Assistant: "),
-    messages=[],
-    offset=2,
-    sep_style=SeparatorStyle.SINGLE,
-    sep="###",
-    roles_carry_punctuation=True,
-)
-
-CONV_VISION_LLama2 = Conversation(
-    system=CONV_VISION.system,
-    roles=("<s>[INST] ", " [/INST] "),
-    messages=[],
-    offset=2,
-    sep_style=SeparatorStyle.SINGLE,
-    sep="",
-    roles_carry_punctuation=True,
-)
 
 
 def token_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
     """The text each ordinary token adds when it follows other text (``▁###`` -> `` ###``, the byte
     piece ``<0x23>`` -> ``#``). Decoding each id after ``<s>`` keeps the leading space a lone
-    decode would strip; special tokens are left out."""
-    anchor = tokenizer.bos_token_id
+    decode would strip; special tokens are left out. A tokenizer without BOS (Qwen) anchors on EOS."""
+    anchor = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if anchor is None:
-        raise ValueError("deriving stop sequences needs a tokenizer with a BOS token")
+        raise ValueError("deriving stop sequences needs a tokenizer with a BOS or EOS token")
     special = set(tokenizer.all_special_ids)
     ids = [i for i in range(len(tokenizer)) if i not in special]
     prefix = tokenizer.decode([anchor])
@@ -292,10 +188,14 @@ def postprocess_answer(
     text: str, sep: str = CONV_VISION.sep, role: str = CONV_VISION.roles[1], marker: str | None = None
 ) -> str:
     """The reference's clean-up: keep what comes before the first separator (if there is one), then
-    what follows the last ``marker`` (default ``{role}:``, e.g. ``Assistant:``), stripped."""
+    what follows the last ``marker`` (default ``{role}:``, e.g. ``Assistant:``; "" keeps it all),
+    stripped."""
     if sep:
         text = text.split(sep, maxsplit=1)[0]
-    return text.rsplit(marker or f"{role}:", maxsplit=1)[-1].strip()
+    marker = f"{role}:" if marker is None else marker
+    if marker:
+        text = text.rsplit(marker, maxsplit=1)[-1]
+    return text.strip()
 
 
 def _postprocess(text: str, conv: Conversation) -> str:
@@ -324,7 +224,14 @@ class Chat:
         self.model = model
         self.vis_processor = vis_processor
         self.tokenizer = model.llama_tokenizer
-        self._stops: dict[str, StopOnSequences] = {}
+        # The template the model was configured with (model.conv_template); the reference's otherwise.
+        self.conv_template = getattr(model, "conv_template", DEFAULT_TEMPLATE)
+        self._prototype = new_conversation(self.conv_template, self.tokenizer)
+        self._stops: dict[tuple[str, ...], StopOnSequences] = {}
+
+    def new_conversation(self) -> Conversation:
+        """An empty conversation in this Chat's template (``model.conv_template``)."""
+        return self._prototype.copy()
 
     def _on_device(self) -> None:
         """Makes the Chat's device this thread's current one. The Ascend port did so in
@@ -332,13 +239,33 @@ class Chat:
         the current NPU is per thread."""
         init_device(self.device)
 
-    def stop_criterion(self, sep: str) -> StopOnSequences:
-        """The stop on ``sep`` (every way the tokenizer can spell it), derived once per separator.
-        A template without a separator (``CONV_VISION_LLama2``) stops on ``</s>``."""
-        if sep not in self._stops:
-            sequences = stop_sequences(self.tokenizer, sep) if sep else [(self.tokenizer.eos_token_id,)]
-            self._stops[sep] = StopOnSequences(sequences)
-        return self._stops[sep]
+    def end_token_ids(self) -> list[int]:
+        """The tokenizer's EOS and the LLM's ``generation_config`` EOS ids (end-of-turn tokens such
+        as ``<|eot_id|>`` are listed there by the models that have them)."""
+        ids = [self.tokenizer.eos_token_id]
+        config = getattr(self.model.llama_model, "generation_config", None)
+        configured = getattr(config, "eos_token_id", None)
+        ids += configured if isinstance(configured, list) else [configured]
+        return sorted({i for i in ids if i is not None})
+
+    def _text_stops(self, text: str) -> list[tuple[int, ...]]:
+        """A special token (``</s>``, ``<|im_end|>``) is its id; other text is every way the
+        tokenizer can spell it."""
+        special = self.tokenizer.get_added_vocab()
+        if text in special:
+            return [(special[text],)]
+        return stop_sequences(self.tokenizer, text)
+
+    def stop_criterion(self, conv: Conversation) -> StopOnSequences:
+        """The stop for ``conv``: its template's end texts (``###``; the chat template's end of turn)
+        and the end tokens of :meth:`end_token_ids`; derived once per template."""
+        texts = conv.stop_texts
+        if texts not in self._stops:
+            sequences = {(i,) for i in self.end_token_ids()}
+            for text in texts:
+                sequences.update(self._text_stops(text))
+            self._stops[texts] = StopOnSequences(sorted(sequences, key=lambda s: (len(s), s)))
+        return self._stops[texts]
 
     def ask(self, text: str, conv: Conversation) -> None:
         """Adds a question; right after an image it joins the image message, as in the reference."""
@@ -378,7 +305,7 @@ class Chat:
     @torch.no_grad()
     def get_context_emb(self, conv: Conversation, img_list: Sequence[torch.Tensor]) -> torch.Tensor:
         """The prompt's text embeddings interleaved with the images: (1, L, H). Only the first text
-        segment starts with ``<s>``."""
+        segment starts with ``<s>`` (nothing for a tokenizer without BOS)."""
         self._on_device()
         segments = conv.get_prompt().split(IMAGE_PLACEHOLDER)
         if len(segments) != len(img_list) + 1:
@@ -389,7 +316,7 @@ class Chat:
         for i, segment in enumerate(segments):
             ids = self.tokenizer(segment, add_special_tokens=False).input_ids
             if i == 0:
-                ids = [self.tokenizer.bos_token_id, *ids]
+                ids = [*start_ids(self.tokenizer), *ids]
             text = self.model.embed_tokens(torch.tensor([ids], dtype=torch.long, device=self.device))
             pieces.append(text)
             if i < len(img_list):
@@ -501,7 +428,7 @@ class Chat:
         embs = self._prepare(conv, img_list, decoding)
         mask = torch.ones(embs.shape[:2], dtype=torch.long, device=embs.device)
         try:
-            out = self._generate(embs=embs, attention_mask=mask, decoding=decoding, stop=self.stop_criterion(conv.sep))
+            out = self._generate(embs=embs, attention_mask=mask, decoding=decoding, stop=self.stop_criterion(conv))
         except BaseException:
             conv.messages.pop()  # a failed answer leaves the conversation as it was
             raise
@@ -524,7 +451,7 @@ class Chat:
         embs = self._prepare(conv, img_list, settings)
         mask = torch.ones(embs.shape[:2], dtype=torch.long, device=embs.device)
         tokens, cancel, failure = _TokenQueue(), threading.Event(), []
-        stop = self.stop_criterion(conv.sep)
+        stop = self.stop_criterion(conv)
 
         def run() -> None:
             try:
@@ -572,7 +499,7 @@ class Chat:
         image_embs = self.encode_images(images)
         contexts = []
         for emb, question in zip(image_embs, questions, strict=True):
-            conv = CONV_VISION.copy()
+            conv = self.new_conversation()
             conv.append_message(conv.roles[0], IMAGE_MESSAGE)
             self.ask(question, conv)
             contexts.append(self._prepare(conv, [emb[None]], settings)[0])
@@ -582,10 +509,5 @@ class Chat:
         for row, context in enumerate(contexts):
             embs[row, width - context.shape[0] :] = context
             mask[row, width - context.shape[0] :] = 1
-        out = self._generate(
-            embs=embs, attention_mask=mask, decoding=settings, stop=self.stop_criterion(CONV_VISION.sep)
-        )
-        return [
-            postprocess_answer(self._decode(self._strip_leading(row)), CONV_VISION.sep, CONV_VISION.roles[1])
-            for row in out
-        ]
+        out = self._generate(embs=embs, attention_mask=mask, decoding=settings, stop=self.stop_criterion(conv))
+        return [_postprocess(self._decode(self._strip_leading(row)), conv) for row in out]

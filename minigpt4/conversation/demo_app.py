@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from minigpt4.conversation.conversation import CONV_VISION, IMAGE_MESSAGE, Chat, Conversation, Decoding
+from minigpt4.conversation.conversation import IMAGE_MESSAGE, Chat, Conversation, Decoding
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def build_demo(
         except UploadError as err:
             logger.info("upload refused: %s", err)
             return gr.update(value=None), gr.update(), gr.update(interactive=True), None, None, str(err)
-        conv, img_list = CONV_VISION.copy(), []
+        conv, img_list = chat.new_conversation(), []  # in the model's template
         chat.upload_img(image, conv, img_list)
         return (
             gr.update(interactive=False),

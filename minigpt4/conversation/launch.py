@@ -60,5 +60,5 @@ def build_chat(
     processor_cfg = cfg.datasets_cfg.cc_sbu_align.vis_processor.train
     vis_processor = registry.get_processor_class(processor_cfg.name).from_config(processor_cfg)
     chat = Chat(model, vis_processor, device=device)
-    logger.info("Initialization Finished")
+    logger.info("Initialization Finished (conversation template %s)", chat.conv_template)
     return chat

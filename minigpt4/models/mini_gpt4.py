@@ -36,12 +36,18 @@ from typing import Any, ClassVar
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from minigpt4.common.device import autocast, autocast_dtype, parse_dtype, resolve_device
-from minigpt4.common.flops import FlopModel, minigpt4_flop_model
+from minigpt4.common.flops import FlopModel, count_flop_model
 from minigpt4.common.registry import UnknownNameError, registry
 from minigpt4.common.schema import ModelConfig
+from minigpt4.conversation.templates import (
+    IMAGE_PLACEHOLDER,
+    resolve_template,
+    training_end_sym,
+    training_prompt_template,
+)
 from minigpt4.models.blip2_hf import is_transformers_blip2_folder, load_transformers_blip2, names_transformers_blip2
 from minigpt4.models.checkpoint_files import read_checkpoint
 from minigpt4.models.eva_vit import FP32LayerNorm, build_eva_vit, load_eva_vit
@@ -49,9 +55,11 @@ from minigpt4.models.llm import (
     build_llama,
     llama_folder,
     llama_size_name,
+    llm_size_name,
     load_llama,
     load_llama_tokenizer,
     read_llama_config,
+    start_ids,
 )
 from minigpt4.models.loaders import WeightLoadError, check_state_dict, resolve_weights, skip_random_init
 from minigpt4.models.lora import (
@@ -68,7 +76,6 @@ logger = logging.getLogger(__name__)
 
 LIBRARY_ROOT = Path(__file__).resolve().parents[1]
 REPO_ROOT = LIBRARY_ROOT.parent
-IMAGE_PLACEHOLDER = "<ImageHere>"
 IGNORE_INDEX = -100
 
 # Patch tokens merged into one LLM token when there is no Q-Former (upstream's LLaMA-2 variant).
@@ -189,7 +196,8 @@ def _grad(enabled: bool) -> contextlib.AbstractContextManager:
 
 @dataclass
 class LLMInputs:
-    """What ``forward`` gives the LLM: ``[BOS] [prompt before] [image] [prompt after] [text]``."""
+    """What ``forward`` gives the LLM: ``[BOS] [prompt before] [image] [prompt after] [text]``
+    (no BOS for a tokenizer without one)."""
 
     inputs_embeds: torch.Tensor  # (B, L, H)
     attention_mask: torch.Tensor  # (B, L) long
@@ -242,7 +250,7 @@ class MiniGPT4(nn.Module):
     def __init__(
         self,
         cfg: DictConfig,
-        llama_model: LlamaForCausalLM,
+        llama_model: PreTrainedModel,
         llama_tokenizer: PreTrainedTokenizerBase,
         prompt_list: list[str],
         device: torch.device,
@@ -281,7 +289,9 @@ class MiniGPT4(nn.Module):
         self.llama_proj = nn.Linear(image_width, llama_model.config.hidden_size)
 
         self.max_txt_len = cfg.max_txt_len
-        self.end_sym = cfg.end_sym
+        # The conversation template (model.conv_template) that Chat speaks and training follows.
+        self.conv_template = resolve_template(cfg, llama_tokenizer)
+        self.end_sym = training_end_sym(cfg, llama_tokenizer)
         self.prompt_list = prompt_list
         self._prompt_cache: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -309,7 +319,7 @@ class MiniGPT4(nn.Module):
     def build(
         cls,
         cfg: Mapping[str, Any] | DictConfig | ModelConfig,
-        llama_config: LlamaConfig,
+        llama_config: PretrainedConfig,
         llama_tokenizer: PreTrainedTokenizerBase,
     ) -> MiniGPT4:
         """The model with random weights, built on the current default device; reads only the
@@ -319,7 +329,8 @@ class MiniGPT4(nn.Module):
         set_pad_token(llama_tokenizer, cfg.pad_token)
         device = run_device(None)
         llama = build_llama(llama_config, llm_dtype(cfg, device))
-        model = cls(cfg, llama, llama_tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), device)
+        prompts = read_prompts(cfg.prompt_path, training_prompt_template(cfg, llama_tokenizer))
+        model = cls(cfg, llama, llama_tokenizer, prompts, device)
         model.llama_model = add_lora(model.llama_model, cfg)
         return model
 
@@ -345,7 +356,8 @@ class MiniGPT4(nn.Module):
             stand_in = build_llama(read_llama_config(folder, tokenizer), dtype)
         # The vision side gets its values from the files right after, so it is not initialised first.
         with skip_random_init():
-            model = cls(cfg, stand_in, tokenizer, read_prompts(cfg.prompt_path, cfg.prompt_template), target)
+            prompts = read_prompts(cfg.prompt_path, training_prompt_template(cfg, tokenizer))
+            model = cls(cfg, stand_in, tokenizer, prompts, target)
         load_vision_weights(model, cfg)
         logger.info("Loading LLAMA")
         model.llama_model = add_lora(load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit, tokenizer), cfg)
@@ -407,8 +419,19 @@ class MiniGPT4(nn.Module):
     # --- forward ------------------------------------------------------------------------------
 
     def flop_model(self) -> FlopModel:
-        """This model's training FLOP counts (``minigpt4.common.flops``), for MFU."""
-        return minigpt4_flop_model(self)
+        """This model's training FLOP counts (``minigpt4.common.flops``), for MFU: the model names
+        its parts, the counter reads their modules and the LLM's config."""
+        vit = self.visual_encoder
+        return count_flop_model(
+            vision=vit,
+            vision_depth=len(vit.blocks),
+            vision_width=vit.embed_dim,
+            vision_tokens=vit.patch_embed.num_patches + vit.num_prefix_tokens,
+            qformer=self.Qformer,
+            image_tokens=self.num_image_tokens,
+            projection=self.llama_proj,
+            llm=self.llama_model,
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -500,11 +523,14 @@ class MiniGPT4(nn.Module):
         # With the reference's pad = eos an eos inside the text is not a target either; with
         # model.pad_token (upstream's "$$") it is, and a "$$" in the text is not.
         text_targets = text_ids.masked_fill(text_ids == self.llama_tokenizer.pad_token_id, IGNORE_INDEX)
-        prefix_targets = torch.full((batch, 1 + atts_img.shape[1]), IGNORE_INDEX, dtype=torch.long, device=device)
 
-        bos = torch.full((batch, 1), self.llama_tokenizer.bos_token_id, dtype=torch.long, device=device)
+        # [BOS], or nothing for a tokenizer without one (Qwen)
+        start = start_ids(self.llama_tokenizer)
+        bos = torch.full((batch, len(start)), start[0] if start else 0, dtype=torch.long, device=device)  # (B, 0|1)
         inputs_embeds = torch.cat([self.embed_tokens(bos), img_embeds, self.embed_tokens(text_ids)], dim=1)
-        attention_mask = torch.cat([atts_img[:, :1], atts_img, tokens.attention_mask], dim=1)
+        attention_mask = torch.cat([atts_img[:, : bos.shape[1]], atts_img, tokens.attention_mask], dim=1)
+        prefix = bos.shape[1] + atts_img.shape[1]
+        prefix_targets = torch.full((batch, prefix), IGNORE_INDEX, dtype=torch.long, device=device)
         return LLMInputs(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -583,15 +609,24 @@ def projection_input(width: int, vit_width: int | None) -> str:
 
 
 def checkpoint_shape_explainer(
-    has_qformer: bool | None = None, vit_width: int | None = None
+    has_qformer: bool | None = None, vit_width: int | None = None, llm_config: PretrainedConfig | None = None
 ) -> Callable[[str, tuple[int, ...], tuple[int, ...]], str | None]:
     """:func:`explain_checkpoint_shape` for a model with (or without) a Q-Former on a ViT of
-    ``vit_width`` channels; unknown (None) gives the Q-Former wording."""
+    ``vit_width`` channels and the LLM of ``llm_config``; unknown (None) gives the Q-Former
+    wording and names the LLM by its width."""
 
     def explain(key: str, have: tuple[int, ...], want: tuple[int, ...]) -> str | None:
-        return explain_checkpoint_shape(key, have, want, has_qformer, vit_width)
+        return explain_checkpoint_shape(key, have, want, has_qformer, vit_width, llm_config=llm_config)
 
     return explain
+
+
+def llm_name(hidden_size: int, llm_config: PretrainedConfig | None = None) -> str:
+    """The LLM of this model in words: from its config where known (``a 7B LLM``, ``a 494M qwen2
+    LLM``), else from the width alone."""
+    if llm_config is not None and llm_config.hidden_size == hidden_size:
+        return llm_size_name(llm_config)
+    return llama_size_name(hidden_size)
 
 
 def explain_checkpoint_shape(
@@ -600,14 +635,17 @@ def explain_checkpoint_shape(
     want: tuple[int, ...],
     has_qformer: bool | None = None,
     vit_width: int | None = None,
+    *,
+    llm_config: PretrainedConfig | None = None,
 ) -> str | None:
-    """Shape mismatches of a MiniGPT-4 checkpoint in words."""
+    """Shape mismatches of a MiniGPT-4 checkpoint in words. The checkpoint's LLM is known by its
+    width only; this model's from ``llm_config`` where given."""
     if (adapter := explain_adapter_shape(key, have, want)) is not None:
         return adapter
     if key.startswith("llama_proj.") and have[0] != want[0]:
         return (
             f"llama_proj was trained for hidden size {have[0]} ({llama_size_name(have[0])}) "
-            f"but the LLM has {want[0]} ({llama_size_name(want[0])})"
+            f"but the LLM has {want[0]} ({llm_name(want[0], llm_config)})"
         )
     if key == "llama_proj.weight" and have[1] != want[1]:
         if has_qformer is None:
@@ -636,10 +674,11 @@ class CheckpointTarget:
     end_sym: str
     has_qformer: bool = True
     vit_width: int | None = None
+    llm_config: PretrainedConfig | None = None
     lora_alpha: int | None = None  # None without LoRA adapters
 
     @classmethod
-    def of(cls, cfg: DictConfig, llm_hidden_size: int) -> CheckpointTarget:
+    def of(cls, cfg: DictConfig, llm_hidden_size: int, llm_config: PretrainedConfig | None = None) -> CheckpointTarget:
         vit_width = cfg.vit_arch.embed_dim
         width = cfg.qformer_arch.hidden_size if cfg.has_qformer else PATCHES_PER_TOKEN * vit_width
         return cls(
@@ -651,6 +690,7 @@ class CheckpointTarget:
             cfg.end_sym,
             cfg.has_qformer,
             vit_width,
+            llm_config,
             cfg.lora_alpha if cfg.lora_r else None,
         )
 
@@ -679,7 +719,7 @@ def check_checkpoint_metadata(metadata: Mapping[str, Any], target: CheckpointTar
     if hidden != target.llm_hidden_size:
         problems.append(
             f"model.llama_model '{target.llama_model}' has hidden size {target.llm_hidden_size} "
-            f"({llama_size_name(target.llm_hidden_size)})"
+            f"({llm_name(target.llm_hidden_size, target.llm_config)})"
         )
     if metadata.get("qformer_hidden_size") != target.qformer_hidden_size:
         if target.has_qformer:
@@ -719,7 +759,9 @@ def check_minigpt4_checkpoint(
     warnings = check_checkpoint_metadata(metadata, target, source) if metadata and target else []
     optional = set(expected) - set(PROJECTION_KEYS)
     if explain is None:
-        explain = checkpoint_shape_explainer(*((target.has_qformer, target.vit_width) if target else ()))
+        explain = checkpoint_shape_explainer(
+            *((target.has_qformer, target.vit_width, target.llm_config) if target else ())
+        )
     check_state_dict(expected, state, f"the MiniGPT-4 checkpoint {source}", explain, optional)
     return warnings
 
@@ -737,8 +779,9 @@ def load_minigpt4_checkpoint(model: MiniGPT4, path: Path, cfg: DictConfig | None
     state, metadata = read_checkpoint(path)
     state = model.checkpoint_state(state)
     check_checkpoint_adapters(state, model.llama_model, path)
-    target = CheckpointTarget.of(cfg, model.llama_model.config.hidden_size) if cfg is not None else None
-    explain = checkpoint_shape_explainer(model.has_qformer, model.visual_encoder.embed_dim)
+    llm_config = model.llama_model.config
+    target = CheckpointTarget.of(cfg, llm_config.hidden_size, llm_config) if cfg is not None else None
+    explain = checkpoint_shape_explainer(model.has_qformer, model.visual_encoder.embed_dim, llm_config)
     for warning in check_minigpt4_checkpoint(model.state_dict(), state, path, metadata, target, explain=explain):
         logger.warning("%s", warning)
     model.load_state_dict(state, strict=False)

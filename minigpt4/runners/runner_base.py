@@ -77,6 +77,7 @@ from minigpt4.common.logger import (
 )
 from minigpt4.common.registry import registry
 from minigpt4.datasets.datasets.dataloader_utils import build_train_loader
+from minigpt4.runners.memory import prepare_model
 
 logger = logging.getLogger(__name__)
 
@@ -450,7 +451,7 @@ class RunnerBase:
         device = init_distributed_mode(run.device, run.dist_url)
         world_size = get_world_size()
         dtype = resolve_precision(run, device)
-        model = self.model.to(device)
+        model = prepare_model(self.model, device, run)  # LLM checkpointing and sharding, then .to(device)
         ddp_model = wrap_ddp(model, device) if world_size > 1 else model
         optimizer = build_optimizer(model, run)
         trainable = [p for p in model.parameters() if p.requires_grad]

@@ -24,6 +24,7 @@ from minigpt4.models.checkpoint_files import SAFETENSORS_NAME
 from minigpt4.models.llm import llama_folder, require_llama_tokenizer
 from minigpt4.models.loaders import is_url
 from minigpt4.models.mini_gpt4 import REPO_ROOT
+from minigpt4.runners.memory import build_model_for_sharding, check_memory_options, shards_llm
 
 
 def _origin(cfg: Any, key: str) -> str:
@@ -83,7 +84,11 @@ class ImageTextPretrainTask:
     def build_model(self, cfg: Any, device: torch.device | None = None) -> nn.Module:
         """The model, loaded; given the run's device, its ``auto`` precisions are chosen for that
         device (``run.device: cpu`` on a GPU machine computes in fp32) and it is returned there."""
-        return registry.get_model_class(cfg.model_cfg.arch).from_config(cfg.model_cfg, device)
+        model_cls = registry.get_model_class(cfg.model_cfg.arch)
+        check_memory_options(cfg.model_cfg, cfg.run_cfg)
+        if device is not None and shards_llm(cfg.run_cfg):
+            return build_model_for_sharding(model_cls, cfg.model_cfg, device)  # FSDP places the LLM
+        return model_cls.from_config(cfg.model_cfg, device)
 
     def train_step(self, model: nn.Module, samples: dict[str, Any]) -> dict[str, Any]:
         """The model's output for one batch: ``loss`` and the LLM token counts (``tokens``,
