@@ -16,6 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from golden_model import build_golden_model
+from omegaconf import OmegaConf
 from PIL import Image
 from safetensors import safe_open
 from tiny_assets import REPO_ROOT, STAGE2_TINY, tiny_path_options, tiny_root
@@ -30,13 +32,15 @@ from minigpt4.common.checkpoint import (
 )
 from minigpt4.common.config import Config
 from minigpt4.common.registry import registry
+from minigpt4.common.schema import RunConfig
 from minigpt4.conversation.conversation import CONV_VISION, Chat
 from minigpt4.models.checkpoint_files import METADATA_NAME, SAFETENSORS_NAME
 from minigpt4.models.llm import load_llama_tokenizer
 from minigpt4.models.loaders import WeightLoadError
 from minigpt4.models.lora import LoraError, checkpoint_name, is_adapter_key, lora_layers
 from minigpt4.models.mini_gpt4 import MiniGPT4
-from minigpt4.runners.runner_base import build_optimizer
+from minigpt4.runners.memory import prepare_model
+from minigpt4.runners.runner_base import build_optimizer, wrap_ddp
 from tools.check_weights import main as check_weights
 from tools.export_checkpoint import main as export_main
 
@@ -428,3 +432,53 @@ def test_a_long_key_list_is_cut_in_the_resume_error():
     state = {f"llama_model.layers.{i}.lora_A.default.weight": torch.zeros(1) for i in range(10)}
     with pytest.raises(CheckpointMismatchError, match=r"\.layers\.7\.lora_A\.default\.weight', \.\.\. \(10 in all\)\]"):
         load_trainable_state_dict(model, {**model.state_dict(), **state}, "ckpt.pth")
+
+
+def lora_golden_step_of_rank(rank: int, init_file: str, golden_dir: str, out: str) -> None:
+    """One rank of ``test_sharded_llm_gives_the_adapters_their_unsharded_gradients``: the golden
+    model with adapters (lora_B made non-zero, so that lora_A gets a gradient too), plain, with the
+    frozen LLM sharded, and sharded with activation checkpointing, each under DDP."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        images = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+        samples = {"image": images, "text_input": ["a woman astronaut in front of the flag", "an orange tabby cat"]}
+        results = {}
+        for name, keys in (
+            ("plain", {}),
+            ("sharded", {"shard_llm": True}),
+            ("sharded_checkpointed", {"shard_llm": True, "llm_activation_checkpointing": True}),
+        ):
+            torch.manual_seed(2)  # lora_A's initial values: the same in each model and on each rank
+            model = build_golden_model(Path(golden_dir), lora_r=4, lora_dropout=0.0)
+            with torch.no_grad():
+                for layer in lora_layers(model.llama_model):
+                    torch.nn.init.normal_(layer.lora_B["default"].weight)
+            model = prepare_model(model, torch.device("cpu"), OmegaConf.merge(OmegaConf.structured(RunConfig), keys))
+            torch.manual_seed(0)  # the training prompt is drawn at random
+            loss = wrap_ddp(model, torch.device("cpu")).train()(samples)["loss"]
+            loss.backward()
+            grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+            kind = type(model.llama_model.model.layers[0].mlp.up_proj.weight).__name__
+            results[name] = (loss.detach(), grads, kind)
+        torch.save(results, f"{out}{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_sharded_llm_gives_the_adapters_their_unsharded_gradients(tmp_path, golden_dir):
+    out = str(tmp_path / "golden")
+    args = (str(tmp_path / "init"), str(golden_dir), out)
+    torch.multiprocessing.spawn(lora_golden_step_of_rank, args=args, nprocs=2)
+    for rank in range(2):
+        results = torch.load(f"{out}{rank}.pt", weights_only=True)
+        loss, grads, kind = results["plain"]
+        assert kind == "Parameter" and len(grads) == 2 + 2 * 2 * 2  # llama_proj, q/v A/B of 2 layers
+        assert all(grad.abs().max() > 0 for grad in grads.values())
+        for name in ("sharded", "sharded_checkpointed"):
+            sharded_loss, sharded_grads, sharded_kind = results[name]
+            assert sharded_kind == "DTensor" and sorted(sharded_grads) == sorted(grads)
+            torch.testing.assert_close(sharded_loss, loss, rtol=1e-5, atol=1e-7)
+            for key, grad in grads.items():
+                torch.testing.assert_close(sharded_grads[key], grad, rtol=1e-5, atol=1e-7, msg=f"{name} {key}")
