@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_runner import Pairs, RunOnly, TinyCaptioner, run_keys
 
+import minigpt4
 from minigpt4.common.checkpoint import load_checkpoint
 from minigpt4.common.config import ConfigError
 from minigpt4.common.schema import RunConfig
@@ -84,6 +86,8 @@ def test_the_held_out_loss_is_logged_each_epoch_and_the_best_epoch_kept(tmp_path
     best = min(range(3), key=losses.__getitem__)
     assert fields["epoch"] == "2" and float(fields["val_loss"]) == pytest.approx(losses[-1], abs=1e-4)
     assert fields["best_epoch"] == str(best) and float(fields["train_loss"]) > 0
+    example = (minigpt4.REPO_ROOT / "README.md").read_text().split("```\nepoch: ")[1].split("\n")[0]
+    assert re.findall(r"(\S+)=", example) == list(fields)  # the README shows the logged fields
 
     text = (out / "log.txt").read_text()
     epochs = [json.loads(line) for line in text[text.index("\n}\n") + 3 :].splitlines()]
@@ -200,3 +204,39 @@ def test_a_model_without_the_contract_is_refused_in_words(tmp_path):
         check_model(torch.nn.Linear(2, 2))
     model = TinyCaptioner()
     assert check_model(model) is model
+
+
+def evaluate_on_rank(rank: int, init_file: str, out: str, world_size: int) -> None:
+    """One rank of an evaluate-only run over the 7 samples of a held-out split."""
+    if world_size > 1:
+        torch.distributed.init_process_group(
+            "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+        )
+    try:
+        torch.manual_seed(0)
+        cfg = RunOnly(**run_keys(Path(out), evaluate=True, valid_splits=["val"], batch_size_eval=2))
+        if rank == 0:
+            setup_output_dir(cfg.run_cfg, "job")
+        model = TinyCaptioner()
+        model.jitter = False
+        datasets = {"pairs": {"train": Pairs(), "val": Pairs(n=7, poison=(3,))}}
+        runner = RunnerBase(cfg, ImageTextPretrainTask(), model, datasets, "job", device=torch.device("cpu"))
+        runner.train()
+        torch.save(runner.evaluations, Path(out) / f"rank{rank}.pt")
+    finally:
+        if world_size > 1:
+            torch.distributed.destroy_process_group()
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_two_ranks_give_the_held_out_loss_of_one(tmp_path):
+    (tmp_path / "one").mkdir()
+    evaluate_on_rank(0, "", str(tmp_path / "one"), 1)
+    (alone,) = torch.load(tmp_path / "one" / "rank0.pt")
+    (tmp_path / "two").mkdir()
+    torch.multiprocessing.spawn(evaluate_on_rank, args=(str(tmp_path / "init"), str(tmp_path / "two"), 2), nprocs=2)
+    for rank in range(2):
+        (shared,) = torch.load(tmp_path / "two" / f"rank{rank}.pt")
+        assert shared["samples"] == alone["samples"] == 7
+        assert shared["loss"] == pytest.approx(alone["loss"], rel=1e-6)

@@ -307,7 +307,8 @@ class RunnerBase:
         and best-epoch record; returns the (epoch, iteration) to start at. Warns where the resumed
         run cannot read the batches the interrupted run would have read (see ``resume_warnings``)."""
         run = self.config.run_cfg
-        path, ckpt = self.load_weights(run.resume_ckpt_path)
+        path = resume_checkpoint(run.resume_ckpt_path)
+        ckpt = self.load_weights(path)
         load_optimizer_state(self.step.optimizer, ckpt["optimizer"])
         if ckpt.get("scaler"):
             self.step.scaler.load_state_dict(ckpt["scaler"])
@@ -322,12 +323,11 @@ class RunnerBase:
         logger.info("Resume checkpoint from %s at epoch %d, iteration %d", path, start_epoch, start_iter)
         return start_epoch, start_iter
 
-    def load_weights(self, location: str | Path) -> tuple[Path, dict[str, Any]]:
-        """The trainable weights of a checkpoint (a file, or a run folder's furthest) into the model."""
-        path = resume_checkpoint(location)
+    def load_weights(self, path: Path) -> dict[str, Any]:
+        """A checkpoint's trainable weights into the model; returns the whole checkpoint."""
         ckpt = load_checkpoint(path)
         load_trainable_state_dict(self.model, self.model.checkpoint_state(ckpt["model"]), str(path))
-        return path, ckpt
+        return ckpt
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -551,8 +551,8 @@ class RunnerBase:
         self.dtype = resolve_precision(run, self.device)
         epoch = None
         if run.resume_ckpt_path:
-            path, ckpt = self.load_weights(run.resume_ckpt_path)
-            epoch = ckpt["epoch"]
+            path = resume_checkpoint(run.resume_ckpt_path)
+            epoch = self.load_weights(path)["epoch"]
             logger.info("Evaluating the weights of %s (epoch %d)", path, epoch)
         if is_main_process():
             log_config(self.output_dir, self.config.to_dict())

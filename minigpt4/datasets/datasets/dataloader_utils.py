@@ -1,4 +1,5 @@
-"""Training batches from the built datasets: one DataLoader per dataset, mixed batch by batch.
+"""Training batches from the built datasets: one DataLoader per dataset, mixed batch by batch;
+and the batches of a held-out split, each sample once over the ranks (``build_eval_loader``).
 
 ``build_train_loader`` is what the runner calls. Each batch is
 ``{"image": tensor (B, 3, H, W), "text_input": list of B str}`` (map-style ``cc_sbu_align``
