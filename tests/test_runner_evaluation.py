@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from golden_model import build_golden_model, golden_arch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_runner import Pairs, RunOnly, TinyCaptioner, run_keys
@@ -240,3 +241,17 @@ def test_two_ranks_give_the_held_out_loss_of_one(tmp_path):
         (shared,) = torch.load(tmp_path / "two" / f"rank{rank}.pt")
         assert shared["samples"] == alone["samples"] == 7
         assert shared["loss"] == pytest.approx(alone["loss"], rel=1e-6)
+
+
+def test_minigpt4_counts_the_target_tokens_its_loss_averages_over(golden_dir):
+    model = build_golden_model(golden_dir).eval()
+    size = golden_arch(golden_dir)["image_size"]
+    samples = {"image": torch.randn(2, 3, size, size), "text_input": ["a cat", "a dog walks on a long road"]}
+    with torch.no_grad():
+        out = model(samples)
+        inputs = model.prepare_llm_inputs(samples)
+        logits = model.llama_model(inputs_embeds=inputs.inputs_embeds).logits.float()  # (B, L, V)
+    labels = inputs.labels[:, 1:]  # each position predicts the next token
+    summed = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    assert int(out["target_tokens"]) == int((labels != -100).sum()) > 2
+    assert float(out["loss"]) * int(out["target_tokens"]) == pytest.approx(float(summed), rel=1e-4)
