@@ -82,9 +82,9 @@ class ImageTextPretrainTask:
             raise FileNotFoundError(f"model.prompt_path: '{prompt_path}' does not exist")
         if cfg.run_cfg.resume_ckpt_path:
             resume_checkpoint(cfg.run_cfg.resume_ckpt_path)
-        held_out = {split for dataset in cfg.datasets_cfg.values() for split in dataset.held_out}
-        for key in ("valid_splits", "test_splits"):
-            if missing := [split for split in cfg.run_cfg[key] if split not in held_out]:
+        for key, splits in (("valid_splits", cfg.run_cfg.valid_splits), ("test_splits", cfg.run_cfg.test_splits)):
+            held_out = {split for dataset in cfg.datasets_cfg.values() for split in dataset.held_out} if splits else ()
+            if missing := [split for split in splits if split not in held_out]:
                 raise ConfigError(
                     f"run.{key}: no dataset holds out a split {', '.join(map(repr, missing))}; "
                     f"set datasets.cc_sbu_align.held_out.{missing[0]} (a fraction or image_ids)"
