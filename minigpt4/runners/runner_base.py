@@ -457,9 +457,9 @@ class RunnerBase:
                 global_step, {f"{split}/{k}": v for split, metrics in results.items() for k, v in metrics.items()}
             )
         state = self.checkpoint(epoch, int(run.iters_per_epoch), lr)
-        self.save(f"checkpoint_{epoch}.pth", state)
         if is_best:
             self.save(BEST_CHECKPOINT, state)
+        self.save(f"checkpoint_{epoch}.pth", state)
 
     def checkpoint(self, epoch: int, iters: int, lr: float) -> dict[str, Any]:
         """What a checkpoint holds (``minigpt4.common.checkpoint``), taken now."""
