@@ -15,8 +15,9 @@ which changes nothing for throughput).
 The stage's training YAML (``train_configs/minigpt4_stage1_pretrain.yaml`` or
 ``minigpt4_stage2_finetune.yaml``) gives the batch size (64 or 12 per device), ``max_txt_len``,
 ``end_sym``, the stage-2 prompts and template, the optimizer settings and ``run.amp``. One step
-is the runner's: ``move_to_device``, autocast, ``MiniGPT4.forward`` through the task, the loss
-scaler, backward, the fused AdamW of ``build_optimizer`` over the trainable projection. The
+is the runner's own ``TrainStep``: ``move_to_device``, autocast, ``MiniGPT4.forward`` through the
+task, the loss scaler, backward, the fused AdamW of ``build_optimizer`` over the trainable
+projection, guarded against non-finite weights (``StepGuard``). The
 precision is the runner's (``resolve_precision``: bf16 where the device supports it, fp16
 otherwise, fp32 on a CPU; ``--dtype`` forces one), and the ViT and LLM weights are stored in that
 dtype too. The data are real photos (scikit-image) through the ``blip2_image_train`` processor and
@@ -164,24 +165,17 @@ from PIL import Image
 from transformers import LlamaConfig, PretrainedConfig
 
 from minigpt4 import REPO_ROOT
-from minigpt4.common.device import accelerator_name, autocast, init_device, resolve_device, synchronize
-from minigpt4.common.flops import minigpt4_flop_model, peak_flops
-from minigpt4.common.logger import StepMetrics, peak_memory_mib, setup_logger
+from minigpt4.common.device import accelerator_name, init_device, move_to_device, resolve_device, synchronize
+from minigpt4.common.flops import peak_flops
+from minigpt4.common.logger import peak_memory_mib, setup_logger
 from minigpt4.common.registry import registry
 from minigpt4.common.schema import QFormerArch, RunConfig, VitArch
 from minigpt4.datasets.datasets.length_grouping import length_grouped
 from minigpt4.models.llm import llm_size_name, load_llama_tokenizer, read_llama_config
 from minigpt4.models.mini_gpt4 import MiniGPT4
+from minigpt4.runners.contract import check_model
 from minigpt4.runners.memory import checkpoint_layers, decoder_layers
-from minigpt4.runners.runner_base import (
-    backward_dtype,
-    build_optimizer,
-    build_scaler,
-    move_to_device,
-    resolve_precision,
-    scaled_backward,
-    step_optimizer,
-)
+from minigpt4.runners.train_step import TrainStep, resolve_precision
 from minigpt4.tasks.image_text_pretrain import ImageTextPretrainTask
 from tools.make_tiny_weights import TinySpec, llama_config, tiny_llm_shape, tokenizer_corpus, write_tokenizer
 
@@ -374,37 +368,6 @@ def versions(device: torch.device) -> dict[str, str | None]:
     return found
 
 
-def train_step(
-    task: ImageTextPretrainTask,
-    model: MiniGPT4,
-    samples: dict[str, Any],
-    *,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    fixed_scale: float | None,
-    trainable: list[torch.nn.Parameter],
-    metrics: StepMetrics,
-    device: torch.device,
-    dtype: torch.dtype | None,
-) -> dict[str, Any]:
-    """One optimizer step, as ``RunnerBase.train`` runs it with ``accum_grad_iters`` 1 and no
-    gradient clipping (the stage configs' settings), its figures added to ``metrics``."""
-    with autocast(device, dtype):
-        out = task.train_step(model, samples)
-    scaled_backward(out["loss"], scaler, trainable)
-    metrics.update(
-        out["loss"],
-        tokens=out["tokens"],
-        padded_tokens=out["padded_tokens"],
-        samples=samples["image"].shape[0],
-        lr=0.0,
-        data_time=0.0,
-    )
-    norm = step_optimizer(optimizer, scaler, fixed_scale, trainable, max_grad_norm=None)
-    metrics.add_grad_norm(norm, not_applied=~torch.isfinite(norm))  # the scaler skips such a step
-    return out
-
-
 def profile_steps(step: Callable[[int], object], device: torch.device, folder: Path) -> dict[str, Any]:
     """``PROFILE_STEPS`` calls of ``step`` under the profiler, one device synchronisation after
     them; the trace and the operator table written to ``folder``."""
@@ -462,11 +425,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         checkpoint_layers(decoder_layers(model.llama_model))
     build_seconds = time.perf_counter() - start
     logger.info("built %s on %s in %.1f s", args.size, device, build_seconds)
-    flop_model = minigpt4_flop_model(model)
-    task = ImageTextPretrainTask()
-    optimizer = build_optimizer(model, run_cfg)
-    scaler, fixed_scale = build_scaler(run_cfg, device, backward_dtype(dtype, model))
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    flop_model = check_model(model).flop_model()
+    train_step = TrainStep(ImageTextPretrainTask(), model, run_cfg, device)
     batches = args.length_grouping or min(POOL_BATCHES, args.warmup + args.steps)
     pool, data_images_per_sec = make_pool(
         args.stage,
@@ -478,22 +438,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         grouped=args.length_grouping > 0,
     )
 
-    metrics = StepMetrics(device)
+    metrics = train_step.metrics
 
     def step(i: int) -> dict[str, Any]:
-        samples = move_to_device(pool[i % batches], device)
-        return train_step(
-            task,
-            model,
-            samples,
-            optimizer=optimizer,
-            scaler=scaler,
-            fixed_scale=fixed_scale,
-            trainable=trainable,
-            metrics=metrics,
-            device=device,
-            dtype=dtype,
-        )
+        # One optimizer step per batch, as the stage configs' accum_grad_iters 1 has it.
+        return train_step(move_to_device(pool[i % batches], device), lr=float(run_cfg.init_lr))
 
     step_times, padded = [], []
     for i in range(args.warmup + args.steps):

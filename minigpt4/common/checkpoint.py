@@ -54,12 +54,10 @@ def _first(keys: list[str], shown: int = 8) -> str:
 
 
 def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load a checkpoint's ``model`` entry: it must hold every trainable parameter and buffer of
-    ``model`` and nothing the model lacks; frozen parameters keep the weights they were loaded
-    with. A model with a ``checkpoint_state`` method first maps the entry to its own names
-    (MiniGPT4: a reference runner's checkpoint, with its Q-Former names and extra buffers)."""
-    if hasattr(model, "checkpoint_state"):
-        state = model.checkpoint_state(state)
+    """Load a checkpoint's ``model`` entry, under the model's names (the runner maps older
+    formats first with the model's ``checkpoint_state``): it must hold every trainable parameter
+    and buffer of ``model`` and nothing the model lacks; frozen parameters keep the weights they
+    were loaded with."""
     expected = set(trainable_state_dict(model))
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))

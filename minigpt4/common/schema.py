@@ -189,6 +189,16 @@ class BenchmarkConfig:
 
 
 @dataclass
+class HeldOutSplit:
+    """One split taken out of a map-style dataset's training data (``cc_sbu_align``): a
+    ``fraction`` of its images, drawn with the dataset's ``held_out_seed``, or the images listed in
+    ``image_ids`` (as ``filter_cap.json`` names them). One of the two."""
+
+    fraction: float = 0.0
+    image_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
 class DatasetConfig:
     """One entry under ``datasets:``; its key is the registered builder name (``laion``, ...)."""
 
@@ -202,6 +212,12 @@ class DatasetConfig:
     sample_ratio: float = 1.0
     # Benchmarks only (evaluate.py): the prompt and generation settings.
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    # New keys. Splits held out of the training data, by the name run.valid_splits / test_splits
+    # give them (``{val: {fraction: 0.05}}``); only cc_sbu_align has them. Each is read with the
+    # ``eval`` image processor (default: blip2_image_eval at the train processor's size).
+    held_out: dict[str, HeldOutSplit] = field(default_factory=dict)
+    # Seeds the draw of the ``fraction`` splits only, so that the split stays put when run.seed changes.
+    held_out_seed: int = 0
 
 
 @dataclass
@@ -225,6 +241,7 @@ class RunConfig:
     # The shard streams are endless: an epoch is this many iterations.
     iters_per_epoch: int = 10000
     batch_size_train: int = 1
+    # Per rank, for the held-out splits (evaluation reads each sample of a split exactly once).
     batch_size_eval: int = 1
     num_workers: int = 4
     accum_grad_iters: int = 1
@@ -236,9 +253,14 @@ class RunConfig:
     # Resuming with other data settings (iters_per_epoch, batch size, checkpoint_interval, seed,
     # num_workers, length_grouping, ranks) is allowed with a warning; a finished run is refused.
     resume_ckpt_path: str | None = None
+    # True: no training; the held-out loss of valid_splits and test_splits for the model as loaded
+    # (model.ckpt), or for the weights of resume_ckpt_path when set.
     evaluate: bool = False
     train_splits: list[str] = field(default_factory=lambda: ["train"])
+    # Evaluated after every epoch (log line, log.txt, TensorBoard); by the first of them the best
+    # epoch's checkpoint is also kept as checkpoint_best.pth.
     valid_splits: list[str] = field(default_factory=list)
+    # Evaluated once after training, with the weights of checkpoint_best.pth when valid_splits is set.
     test_splits: list[str] = field(default_factory=list)
     # cuda, npu, cpu, or auto (the first of cuda, npu, cpu that is present); see common/device.py.
     device: str = "cuda"
@@ -299,6 +321,7 @@ __all__ = [
     "BenchmarkConfig",
     "BuildInfo",
     "DatasetConfig",
+    "HeldOutSplit",
     "ModelConfig",
     "Preprocess",
     "ProcessorConfig",

@@ -539,7 +539,8 @@ class MiniGPT4(nn.Module):
         )
 
     def forward(self, samples: Mapping[str, Any]) -> dict[str, Any]:
-        """``{"loss", "tokens" (real LLM input tokens, a 0-dim tensor), "padded_tokens" (B * L)}``."""
+        """``{"loss", "tokens" (real LLM input tokens, a 0-dim tensor), "padded_tokens" (B * L),
+        "target_tokens" (the tokens the loss averages over, a 0-dim tensor)}``."""
         inputs = self.prepare_llm_inputs(samples)
         with autocast(inputs.inputs_embeds.device, self.llm_dtype):
             # No attention mask: padding is on the right, so under the causal mask no real token
@@ -556,6 +557,7 @@ class MiniGPT4(nn.Module):
             "loss": outputs.loss,
             "tokens": inputs.attention_mask.sum(),
             "padded_tokens": inputs.attention_mask.numel(),
+            "target_tokens": (inputs.labels[:, 1:] != IGNORE_INDEX).sum(),  # each predicts the next token
         }
 
 
