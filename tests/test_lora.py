@@ -40,7 +40,8 @@ from minigpt4.models.loaders import WeightLoadError
 from minigpt4.models.lora import LoraError, checkpoint_name, is_adapter_key, lora_layers
 from minigpt4.models.mini_gpt4 import MiniGPT4
 from minigpt4.runners.memory import prepare_model
-from minigpt4.runners.runner_base import build_optimizer, wrap_ddp
+from minigpt4.runners.runner_base import wrap_ddp
+from minigpt4.runners.train_step import build_optimizer
 from tools.check_weights import main as check_weights
 from tools.export_checkpoint import main as export_main
 
