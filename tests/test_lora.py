@@ -45,8 +45,6 @@ from minigpt4.runners.train_step import build_optimizer
 from tools.check_weights import main as check_weights
 from tools.export_checkpoint import main as export_main
 
-pytest.importorskip("peft", reason="LoRA needs the peft library (requirements.txt)")
-
 EVAL_TINY = REPO_ROOT / "eval_configs" / "minigpt4_tiny_eval.yaml"
 LORA = ["model.lora_r=4", "model.lora_alpha=8", "model.lora_dropout=0.1"]
 # The tiny LLM has 2 layers; q_proj and v_proj each get lora_A and lora_B.
