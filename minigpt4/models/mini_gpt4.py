@@ -112,10 +112,9 @@ def run_device(device: torch.device | str | None) -> torch.device:
 
 
 def vit_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
-    """``vit_precision`` as a dtype for a model running on ``device``. ``auto`` is the reference's
-    fp16 on an accelerator and fp32 on a CPU (where the reference could not run its fp16 ViT at
-    all). ``low_resource`` runs the vision tower on the CPU in fp32 whatever the key says, as the
-    reference's ``vit_to_cpu`` did."""
+    """``vit_precision`` as a dtype for a model running on ``device``. ``auto`` is fp16 on an
+    accelerator and fp32 on a CPU. ``low_resource`` runs the vision tower on the CPU in fp32
+    whatever the key says."""
     if cfg.vit_precision == "auto":
         dtype = torch.float32 if device.type == "cpu" else torch.float16
     else:
@@ -148,8 +147,7 @@ def read_prompts(prompt_path: str, prompt_template: str) -> list[str]:
     if not lines:
         raise ValueError(f"model.prompt_path: '{prompt_path}' has no line containing {IMAGE_PLACEHOLDER}")
     if "{}" not in prompt_template:
-        # The reference formatted the lines into a template without a slot and trained on that
-        # constant (an empty template: no prompt at all) without a word.
+        # Without a slot every sample would train on the same constant prompt.
         raise ValueError(
             f"model.prompt_template must hold {{}} where each line of model.prompt_path goes, got "
             f"{prompt_template!r} (stage 2 uses '###Human: {{}} ###Assistant: ')"
