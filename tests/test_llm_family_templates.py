@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
-from tiny_assets import REPO_ROOT, STAGE2_TINY, quickstart, tiny_path_options
+from tiny_assets import REPO_ROOT, STAGE1_TINY, STAGE2_TINY, quickstart, tiny_path_options
 from tiny_llms import FAMILIES, tiny_llm_name, tiny_llm_root
 
 import train
@@ -272,12 +272,12 @@ def test_vicuna_v0_stops_on_hashes_with_a_tokenizer_without_bos(root, processor,
     assert tokens.tolist() == [hashes] and text == "."
 
 
-# --- stage 2 through train.py, then chat from its checkpoint ----------------------------------------
+# --- both stages through train.py, then chat from the stage-2 checkpoint ----------------------------
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_stage2_trains_in_the_family_template_and_chats_in_it(root, family, photo, tmp_path, monkeypatch):
+def test_both_stages_train_and_chat_in_the_family_template(root, family, photo, tmp_path, monkeypatch):
     monkeypatch.chdir(root)
     seen, real = [], Chat.get_context_emb
 
@@ -288,8 +288,13 @@ def test_stage2_trains_in_the_family_template_and_chats_in_it(root, family, phot
     monkeypatch.setattr(Chat, "get_context_emb", recording)
     llm = [f"model.llama_model={folder_of(root, family)}", CHAT_TEMPLATE]
     fast = ["run.device=cpu", "run.num_workers=0", "run.max_epoch=1", "run.iters_per_epoch=2", "run.log_freq=1"]
-    fast += ["run.batch_size_train=2", "run.warmup_steps=1", f"run.output_dir={tmp_path}", *llm]
-    runner = train.main(["--cfg-path", str(STAGE2_TINY), "--options", *fast])
+    fast += ["run.batch_size_train=2", "run.warmup_steps=1", *llm]
+    stage1 = train.main(["--cfg-path", str(STAGE1_TINY), "--options", *fast, f"run.output_dir={tmp_path / 's1'}"])
+    assert stage1.model.prompt_list == [] and all(torch.isfinite(torch.tensor(h["loss"])) for h in stage1.history)
+    ckpt1 = f"model.ckpt={stage1.output_dir / 'checkpoint_0.pth'}"
+    runner = train.main(
+        ["--cfg-path", str(STAGE2_TINY), "--options", *fast, f"run.output_dir={tmp_path / 's2'}", ckpt1]
+    )
     model = runner.model
     assert type(model.llama_model).__name__ == CLASSES[family]
     assert model.end_sym == END_OF_TURN[family] and len(runner.history) == 2
