@@ -243,6 +243,11 @@ def test_generation_stops_on_the_end_of_turn_token(models, processor, photo, fam
         assert list(chat.stream_answer(streamed, img_list, max_new_tokens=8, **greedy)) == []
         assert streamed.messages[-1] == ["assistant", ""]
         assert chat.answer_batch([photo, photo], [QUESTION, QUESTION], max_new_tokens=8, **greedy) == ["", ""]
+        # in a batch each row stops on its own: the other row answers as it does alone
+        other = (Image.new("RGB", (60, 60), "blue"), "Describe the picture in many words please.")
+        alone = chat.answer_batch([other[0]], [other[1]], max_new_tokens=6, **greedy)
+        both = chat.answer_batch([photo, other[0]], [QUESTION, other[1]], max_new_tokens=6, **greedy)
+        assert both == ["", *alone]
 
 
 def test_vicuna_v0_stops_on_hashes_with_a_tokenizer_without_bos(root, processor, photo):
