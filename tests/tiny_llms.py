@@ -17,8 +17,9 @@ family's special tokens and a Jinja ``chat_template`` of the family's format:
   ``<|im_end|>`` as EOS, ``<|endoftext|>`` as pad, and an embedding with more rows than tokens;
 * ``qwen3``: ``Qwen3Config`` (q/k norms, a ``head_dim`` that makes the attention twice as wide as
   the hidden size, as Qwen3-0.6B's 16 x 128 for 1024), Qwen2.5's tokenizer and special tokens,
-  and Qwen3's template without a default system turn (with an empty ``<think>`` block when
-  ``enable_thinking`` is false).
+  and Qwen3's template without a default system turn (the answer after the last user turn with
+  its ``<think>`` block, empty when it has none; earlier answers without; an empty block in the
+  generation prompt when ``enable_thinking`` is false).
 
 ``write_tiny_llm(family, folder)`` writes one; ``tiny_llm_root()`` adds all three to the tiny
 assets of :func:`tiny_assets.tiny_root` (``assets/tiny/weights/<family>_tiny``), once per process.
@@ -80,9 +81,25 @@ SPECIAL = {
         ["<|im_end|>", "<|endoftext|>"],
     ),
 }
+# Qwen3's: an assistant message after the last user turn is written with its think block (empty
+# when the answer has none), earlier ones without.
 QWEN3_TEMPLATE = (
+    "{%- set ns = namespace(last_query=-1) %}"
+    "{%- for message in messages %}{%- if message['role'] == 'user' %}{%- set ns.last_query = loop.index0 %}"
+    "{%- endif %}{%- endfor %}"
     "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{%- set content = message['content'] %}{%- set reasoning = '' %}"
+    "{%- if '</think>' in content %}"
+    "{%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}"
+    "{%- endif %}"
+    "{%- if loop.index0 > ns.last_query and (loop.last or reasoning) %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' + content }}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
     "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"

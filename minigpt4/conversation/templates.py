@@ -23,7 +23,10 @@ and ``end_sym``) and the texts generation stops on. The names:
     ``chat_template.jinja``), rendered by ``tokenizer.apply_chat_template``, with
     ``<Img><ImageHere></Img>`` inside the user turn. Training renders the same user turn around each
     prompt line and ends the answer with what the template writes after an assistant message (its
-    end-of-turn text: ``<|im_end|>``, ``<|eot_id|>``, ``</s>`` ...), which is also a stop.
+    end-of-turn text: ``<|im_end|>``, ``<|eot_id|>``, ``</s>`` ...), which is also a stop. What the
+    template writes between the generation prompt and the last answer (Qwen3's empty ``<think>``
+    block) ends the prompt, except whitespace that the tokenizer writes into the answer's first
+    token (the space of Mistral's ``[/INST] a``).
 
 ``auto`` (the default)
     ``llama2`` for ``model_type: pretrain_llama2``, else ``vicuna_v0``, as upstream's demo chose
@@ -194,6 +197,19 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_p
     return text.removeprefix(bos) if bos else text
 
 
+def _supplies_lead(tokenizer: Any, prompt: str, lead: str) -> bool:
+    """Whether the answer, tokenized apart from the prompt, gives the ids of the whole rendered
+    turn only without the whitespace ``lead`` in the prompt: a metaspace or sentencepiece tokenizer
+    writes the space before ``[/INST] answer`` into the answer's first token, so a prompt ending with
+    that space would put a lone ``▁`` token there that the family's own template never has."""
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    whole, answer = encode(prompt + lead + ANSWER_SLOT), encode(ANSWER_SLOT)
+    return whole == encode(prompt) + answer != encode(prompt + lead) + answer
+
+
 @dataclasses.dataclass(frozen=True)
 class TurnFormat:
     """How a tokenizer's template frames one answer: ``answer_lead`` goes between the generation
@@ -213,6 +229,8 @@ class TurnFormat:
         if not found:
             raise TemplateError("the LLM tokenizer's chat template does not write the assistant's message")
         lead = before[len(prompt) :] if before.startswith(prompt) else ""
+        if lead.isspace() and _supplies_lead(tokenizer, prompt, lead):
+            lead = ""  # the tokenizer writes it as part of the answer's first token (Mistral's "▁a")
         end = after.rstrip() or tokenizer.eos_token or ""
         if not end.strip():
             raise TemplateError("the LLM tokenizer's chat template ends an answer with nothing, and it has no EOS")
@@ -300,6 +318,14 @@ class ChatTemplate:
         if rendered.count(USER_SLOT) != 1:
             raise TemplateError("the LLM tokenizer's chat template does not write the user's message once")
         rendered += TurnFormat.of(tokenizer).answer_lead
+        written = {t.prompt for t in TEMPLATES.values() if isinstance(t, FixedTemplate)}
+        if content in written:
+            logger.warning(
+                "model.conv_template chat_template: model.prompt_template %r is a written template's; the user "
+                "turn holds each prompt line alone",
+                content,
+            )
+            content = ""
         # The rendered text becomes a str.format template with one slot: its own braces are escaped.
         escaped = rendered.replace("{", "{{").replace("}", "}}")
         return escaped.replace(USER_SLOT, content or "{}")

@@ -520,7 +520,11 @@ class MiniGPT4(nn.Module):
         text_ids = tokens.input_ids  # (B, T)
         # With the reference's pad = eos an eos inside the text is not a target either; with
         # model.pad_token (upstream's "$$") it is, and a "$$" in the text is not.
-        text_targets = text_ids.masked_fill(text_ids == self.llama_tokenizer.pad_token_id, IGNORE_INDEX)
+        padding = text_ids == self.llama_tokenizer.pad_token_id
+        if self.conv_template == "chat_template":
+            # The end of turn is trained also where it is the pad (LLaMA-3's <|eot_id|>, Mistral's </s>).
+            padding = tokens.attention_mask == 0
+        text_targets = text_ids.masked_fill(padding, IGNORE_INDEX)
 
         # [BOS], or nothing for a tokenizer without one (Qwen)
         start = start_ids(self.llama_tokenizer)
