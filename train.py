@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> RunnerBase:
     )
     from minigpt4.common.logger import setup_logger
     from minigpt4.common.registry import registry
-    from minigpt4.runners.runner_base import discard_output_dir, resolve_precision, setup_output_dir
+    from minigpt4.runners.runner_base import discard_output_dir, setup_output_dir
+    from minigpt4.runners.train_step import resolve_precision
     from minigpt4.tasks import setup_task
 
     cfg = Config(args)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> RunnerBase:
         datasets = task.build_datasets(cfg)
         model = task.build_model(cfg, device)
         logger.info("Datasets and model ready in %.1f s", time.perf_counter() - start)
-        runner = runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
+        runner = runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets, device=device)
         runner.train()
     except BaseException:
         if output_dir is not None and not getattr(runner, "history", None):

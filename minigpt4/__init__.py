@@ -16,7 +16,10 @@ REPO_ROOT = LIBRARY_ROOT.parent
 
 def _register_all() -> None:
     from minigpt4.common import optims  # noqa: F401  (registers the LR schedules)
-    from minigpt4.datasets.builders import image_text_pair_builder  # noqa: F401  (laion, cc_sbu, cc_sbu_align)
+    from minigpt4.datasets.builders import (
+        benchmark_builder,  # noqa: F401  (the benchmarks evaluate.py runs)
+        image_text_pair_builder,  # noqa: F401  (laion, cc_sbu, cc_sbu_align)
+    )
     from minigpt4.models import mini_gpt4  # noqa: F401  (registers mini_gpt4)
     from minigpt4.processors import blip_processors  # noqa: F401  (blip2_image_train/eval, blip_caption)
     from minigpt4.runners import runner_base  # noqa: F401  (registers runner_base)

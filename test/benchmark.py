@@ -15,8 +15,9 @@ which changes nothing for throughput).
 The stage's training YAML (``train_configs/minigpt4_stage1_pretrain.yaml`` or
 ``minigpt4_stage2_finetune.yaml``) gives the batch size (64 or 12 per device), ``max_txt_len``,
 ``end_sym``, the stage-2 prompts and template, the optimizer settings and ``run.amp``. One step
-is the runner's: ``move_to_device``, autocast, ``MiniGPT4.forward`` through the task, the loss
-scaler, backward, the fused AdamW of ``build_optimizer`` over the trainable projection. The
+is the runner's own ``TrainStep``: ``move_to_device``, autocast, ``MiniGPT4.forward`` through the
+task, the loss scaler, backward, the fused AdamW of ``build_optimizer`` over the trainable
+projection, guarded against non-finite weights (``StepGuard``). The
 precision is the runner's (``resolve_precision``: bf16 where the device supports it, fp16
 otherwise, fp32 on a CPU; ``--dtype`` forces one), and the ViT and LLM weights are stored in that
 dtype too. The data are real photos (scikit-image) through the ``blip2_image_train`` processor and
@@ -51,8 +52,17 @@ among them) and the CUDA synchronisations per step (``cudaStreamSynchronize`` an
 other devices; the one closing the profile is not counted). transformers' LLaMA makes one such
 read per forward.
 
+``--llm-config DIR`` takes the LLM from a local Hugging Face folder of any family instead
+(LLaMA-3, Mistral, Qwen2.5, ...): its ``config.json`` and tokenizer files, never its weights (the
+LLM is built from the config with random weights; a folder of just those files will do). The
+vision side is still ``--size``'s; the FLOP model reads the LLM's sizes from its config.
+
 ``--compile`` compiles each ViT block and LLM decoder layer with ``torch.compile`` (regional
 compilation: quick to compile, one graph per layer kind), to measure whether it pays.
+
+``--activation-checkpointing`` recomputes each LLM decoder layer in the backward, as
+``run.llm_activation_checkpointing`` does, to measure what it saves in ``peak_mem_MiB`` and
+costs in step time.
 
 One process, one device: these are per-device figures (DDP only all-reduces the 3M-parameter
 projection's gradient, so several devices scale them by their number).
@@ -104,11 +114,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="auto: the runner's choice (bf16 where supported, else fp16; fp32 on a CPU)",
     )
+    parser.add_argument(
+        "--llm-config",
+        type=Path,
+        metavar="DIR",
+        help="build the LLM from this folder's config.json and tokenizer (any family; no weights read)",
+    )
     parser.add_argument("--peak-tflops", type=float, help="the device's peak dense TFLOP/s, for MFU (else by name)")
     parser.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile each ViT block and LLM decoder layer (give it --warmup 5: shapes vary at first)",
+    )
+    parser.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each LLM decoder layer in the backward (run.llm_activation_checkpointing)",
     )
     parser.add_argument(
         "--length-grouping",
@@ -141,26 +162,20 @@ if __name__ == "__main__":
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from transformers import LlamaConfig
+from transformers import LlamaConfig, PretrainedConfig
 
 from minigpt4 import REPO_ROOT
-from minigpt4.common.device import accelerator_name, autocast, init_device, resolve_device, synchronize
-from minigpt4.common.flops import minigpt4_flop_model, peak_flops
-from minigpt4.common.logger import StepMetrics, peak_memory_mib, setup_logger
+from minigpt4.common.device import accelerator_name, init_device, move_to_device, resolve_device, synchronize
+from minigpt4.common.flops import peak_flops
+from minigpt4.common.logger import peak_memory_mib, setup_logger
 from minigpt4.common.registry import registry
 from minigpt4.common.schema import QFormerArch, RunConfig, VitArch
 from minigpt4.datasets.datasets.length_grouping import length_grouped
-from minigpt4.models.llm import load_llama_tokenizer
+from minigpt4.models.llm import llm_size_name, load_llama_tokenizer, read_llama_config
 from minigpt4.models.mini_gpt4 import MiniGPT4
-from minigpt4.runners.runner_base import (
-    backward_dtype,
-    build_optimizer,
-    build_scaler,
-    move_to_device,
-    resolve_precision,
-    scaled_backward,
-    step_optimizer,
-)
+from minigpt4.runners.contract import check_model
+from minigpt4.runners.memory import checkpoint_layers, decoder_layers
+from minigpt4.runners.train_step import TrainStep, resolve_precision
 from minigpt4.tasks.image_text_pretrain import ImageTextPretrainTask
 from tools.make_tiny_weights import TinySpec, llama_config, tiny_llm_shape, tokenizer_corpus, write_tokenizer
 
@@ -255,10 +270,17 @@ def stage_config(stage: int, device_name: str, dtype: str) -> tuple[dict[str, An
 
 
 def build_model(
-    size: str, model_cfg: dict[str, Any], tokenizer: Any, device: torch.device, dtype: torch.dtype | None
+    size: str,
+    model_cfg: dict[str, Any],
+    tokenizer: Any,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    llm_config: PretrainedConfig | None = None,
 ) -> MiniGPT4:
     """``MiniGPT4.build`` of the architecture ``size`` with random weights, created on ``device``
-    (``meta`` allocates nothing); the ViT and LLM weights stored in ``dtype`` (None: fp32)."""
+    (``meta`` allocates nothing); the ViT and LLM weights stored in ``dtype`` (None: fp32). The
+    LLM is ``llm_config``'s where given (``--llm-config``), else ``size``'s LLaMA."""
     arch = SIZES[size]
     precision = DTYPE_NAMES[dtype or torch.float32]
     cfg = {
@@ -271,7 +293,7 @@ def build_model(
         "llm_precision": precision,
     }
     with torch.device(device):
-        return MiniGPT4.build(cfg, benchmark_llama_config(arch, len(tokenizer)), tokenizer)
+        return MiniGPT4.build(cfg, llm_config or benchmark_llama_config(arch, len(tokenizer)), tokenizer)
 
 
 def photos() -> list[Image.Image]:
@@ -346,37 +368,6 @@ def versions(device: torch.device) -> dict[str, str | None]:
     return found
 
 
-def train_step(
-    task: ImageTextPretrainTask,
-    model: MiniGPT4,
-    samples: dict[str, Any],
-    *,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    fixed_scale: float | None,
-    trainable: list[torch.nn.Parameter],
-    metrics: StepMetrics,
-    device: torch.device,
-    dtype: torch.dtype | None,
-) -> dict[str, Any]:
-    """One optimizer step, as ``RunnerBase.train`` runs it with ``accum_grad_iters`` 1 and no
-    gradient clipping (the stage configs' settings), its figures added to ``metrics``."""
-    with autocast(device, dtype):
-        out = task.train_step(model, samples)
-    scaled_backward(out["loss"], scaler, trainable)
-    metrics.update(
-        out["loss"],
-        tokens=out["tokens"],
-        padded_tokens=out["padded_tokens"],
-        samples=samples["image"].shape[0],
-        lr=0.0,
-        data_time=0.0,
-    )
-    norm = step_optimizer(optimizer, scaler, fixed_scale, trainable, max_grad_norm=None)
-    metrics.add_grad_norm(norm, not_applied=~torch.isfinite(norm))  # the scaler skips such a step
-    return out
-
-
 def profile_steps(step: Callable[[int], object], device: torch.device, folder: Path) -> dict[str, Any]:
     """``PROFILE_STEPS`` calls of ``step`` under the profiler, one device synchronisation after
     them; the trace and the operator table written to ``folder``."""
@@ -419,19 +410,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
 
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer = make_tokenizer(Path(folder))
-    model = build_model(args.size, model_cfg, tokenizer, device, dtype)
+    llm_config = None
+    if args.llm_config:
+        tokenizer = load_llama_tokenizer(args.llm_config)
+        llm_config = read_llama_config(args.llm_config, tokenizer)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            tokenizer = make_tokenizer(Path(folder))
+    model = build_model(args.size, model_cfg, tokenizer, device, dtype, llm_config=llm_config)
     if args.compile:
         for layer in (*model.visual_encoder.blocks, *model.llama_model.model.layers):
             layer.compile()
+    if args.activation_checkpointing:
+        checkpoint_layers(decoder_layers(model.llama_model))
     build_seconds = time.perf_counter() - start
     logger.info("built %s on %s in %.1f s", args.size, device, build_seconds)
-    flop_model = minigpt4_flop_model(model)
-    task = ImageTextPretrainTask()
-    optimizer = build_optimizer(model, run_cfg)
-    scaler, fixed_scale = build_scaler(run_cfg, device, backward_dtype(dtype, model))
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    flop_model = check_model(model).flop_model()
+    train_step = TrainStep(ImageTextPretrainTask(), model, run_cfg, device)
     batches = args.length_grouping or min(POOL_BATCHES, args.warmup + args.steps)
     pool, data_images_per_sec = make_pool(
         args.stage,
@@ -443,22 +438,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         grouped=args.length_grouping > 0,
     )
 
-    metrics = StepMetrics(device)
+    metrics = train_step.metrics
 
     def step(i: int) -> dict[str, Any]:
-        samples = move_to_device(pool[i % batches], device)
-        return train_step(
-            task,
-            model,
-            samples,
-            optimizer=optimizer,
-            scaler=scaler,
-            fixed_scale=fixed_scale,
-            trainable=trainable,
-            metrics=metrics,
-            device=device,
-            dtype=dtype,
-        )
+        # One optimizer step per batch, as the stage configs' accum_grad_iters 1 has it.
+        return train_step(move_to_device(pool[i % batches], device), lr=float(run_cfg.init_lr))
 
     step_times, padded = [], []
     for i in range(args.warmup + args.steps):
@@ -484,12 +468,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device_name(device))
     result = {
         "size": args.size,
+        "llm": llm_size_name(model.llama_model.config) if args.llm_config else None,
+        "llm_config": str(args.llm_config) if args.llm_config else None,
         "stage": args.stage,
         "device": str(device),
         "device_name": device_name(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "dtype": DTYPE_NAMES[dtype or torch.float32],
         "compile": args.compile,
+        "activation_checkpointing": args.activation_checkpointing,
         "length_grouping": args.length_grouping,
         "batch_size": batch_size,
         "warmup": args.warmup,
@@ -540,6 +527,8 @@ def table_row(r: dict[str, Any]) -> str:
         setup.append(f"length_grouping {r['length_grouping']}")
     if r["compile"]:
         setup.append("compiled")
+    if r["activation_checkpointing"]:
+        setup.append("LLM activation checkpointing")
     tokens = f"{r['TokensPerSec']:,.0f} real / {r['TokensPerSec_padded']:,.0f} padded"
     return (
         f"| {r['stage']} | {', '.join(setup)} | 1 x {r['device_name']} | {r['batch_size']} | {tokens} "
@@ -555,8 +544,10 @@ def summary(r: dict[str, Any]) -> str:
     )
     batch = r["batch_size"]
     return (
-        f"MiniGPT-4 training step: size={r['size']} stage={r['stage']} batch={r['batch_size']} dtype={r['dtype']}"
+        f"MiniGPT-4 training step: size={r['size']}{' llm=' + r['llm_config'] if r.get('llm_config') else ''} "
+        f"stage={r['stage']} batch={r['batch_size']} dtype={r['dtype']}"
         f"{' compiled' if r['compile'] else ''}"
+        f"{' activation_checkpointing' if r['activation_checkpointing'] else ''}"
         f"{f' length_grouping={g}' if (g := r['length_grouping']) else ''} on {r['device_name']}\n"
         f"  median step time  {r['median_step_time']:.4f} s ({r['steps']} timed steps after {r['warmup']} warm-up)\n"
         f"  samples/s         {r['samples_per_sec']:.2f}\n"

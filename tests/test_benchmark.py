@@ -149,7 +149,7 @@ def build_meta(tmp_path_factory, size: str):
 
 def test_full_size_7b_builds_on_meta_with_the_documented_flop_counts(tmp_path_factory):
     model = build_meta(tmp_path_factory, "7b")
-    fm = bench.minigpt4_flop_model(model)
+    fm = model.flop_model()
     assert fm.vit_matmul_params == VIT_G_MATMUL == 984_850_944  # ~0.98B, as the FLOP table says
     assert fm.llm_matmul_params == LLAMA_7B_MATMUL == 6_607_077_376
     assert (fm.vit_depth, fm.vit_width, fm.vit_tokens, fm.num_query_token) == (39, 1408, 257, 32)
@@ -179,7 +179,7 @@ def test_the_parser_offers_exactly_the_sizes_and_stages_the_benchmark_knows():
 
 
 def test_full_size_13b_llm_shape(tmp_path_factory):
-    fm = bench.minigpt4_flop_model(build_meta(tmp_path_factory, "13b"))
+    fm = build_meta(tmp_path_factory, "13b").flop_model()
     assert fm.llm_matmul_params == LLAMA_13B_MATMUL == 12_851_609_600
     assert (fm.llm_layers, fm.llm_hidden, fm.projection_params) == (40, 5120, 768 * 5120)
     assert fm.vit_matmul_params == VIT_G_MATMUL
@@ -226,6 +226,16 @@ def test_compiled_layers_compute_the_eager_loss(tmp_path, one_thread):
     assert compiled["compile"] is True and ", compiled |" in bench.table_row(compiled)
     assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-4)
     assert compiled["tokens_per_step"] == eager["tokens_per_step"]
+
+
+def test_activation_checkpointing_computes_the_plain_loss(tmp_path, one_thread):
+    steps = ("--batch-size", "4", "--steps", "1", "--warmup", "1")
+    plain, _ = run_tiny(tmp_path, 1, *steps)
+    checkpointed, _ = run_tiny(tmp_path, 1, *steps, "--activation-checkpointing")
+    assert plain["activation_checkpointing"] is False and checkpointed["activation_checkpointing"] is True
+    assert ", LLM activation checkpointing |" in bench.table_row(checkpointed)
+    assert checkpointed["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert checkpointed["tokens_per_step"] == plain["tokens_per_step"]
 
 
 @pytest.mark.parametrize("grouping", [0, 2])

@@ -232,7 +232,7 @@ def test_only_the_needed_tensors_are_read(blip2_folder):
 def test_the_training_input_check_accepts_the_folder(golden_dir, blip2_folder):
     """train.py checks every configured input before it builds anything: a transformers Blip2
     folder stands for both vision files there too."""
-    run = SimpleNamespace(resume_ckpt_path="")
+    run = SimpleNamespace(resume_ckpt_path="", valid_splits=[], test_splits=[])
     for vit_weights in ("", str(blip2_folder)):
         model_cfg = model_config(
             golden_model_config(golden_dir, q_former_model=str(blip2_folder), vit_weights=vit_weights)

@@ -57,7 +57,7 @@ def test_the_tiny_assets_pass_and_every_file_is_in_the_table(weights: Path):
         f"model.llama_model {weights / 'vicuna_tiny' / 'tokenizer.model'}",
     }
     assert "safetensors, 4 file(s)" in out and "pth (flat)" in out
-    assert "hidden size 64 (an LLM of width 64), 2 layers" in out
+    assert "hidden size 64 (a 210K llama LLM), 2 layers" in out
     assert "'###' -> [" in out and "'</s>' -> [2]" in out and "<s> = 1, </s> = 2" in out
     assert "delta check: a model, not a delta (0.0% of its 320 RMSNorm weights are <= 0)" in out
     assert "ignored, blocks beyond the model's depth 2: 13 keys" in out
@@ -114,7 +114,7 @@ def test_a_projection_for_another_width(weights: Path, capsys, tmp_path: Path):
     assert failures(out) == [
         f"{tmp_path / 'export' / 'model.safetensors'} was trained for an LLM of hidden size 5120 (a 13B LLM, "
         f"vicuna-13b), a Q-Former of width 64; model.llama_model '{weights / 'vicuna_tiny'}' has hidden size 64 "
-        "(an LLM of width 64)"
+        "(a 210K llama LLM)"
     ]
 
 

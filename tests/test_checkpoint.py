@@ -60,7 +60,9 @@ def test_a_reference_runner_checkpoint_resumes(golden_dir: Path):
     model = build_golden_model(golden_dir, ckpt="")
     state = load_checkpoint(golden_dir / "checkpoint_0.pth")["model"]
     assert "Qformer.bert.embeddings.position_ids" in state
-    load_trainable_state_dict(model, state, "checkpoint_0.pth")
+    with pytest.raises(KeyError, match=r"unexpected \['Qformer.bert.embeddings.position_ids'"):
+        load_trainable_state_dict(model, state, "checkpoint_0.pth")  # under the reference's names
+    load_trainable_state_dict(model, model.checkpoint_state(state), "checkpoint_0.pth")
     assert torch.equal(model.llama_proj.weight, state["llama_proj.weight"])
     assert torch.equal(model.llama_proj.bias, state["llama_proj.bias"])
 

@@ -156,7 +156,7 @@ def test_storage_must_be_str_or_list_of_str(tmp_path, model_defaults):
 def test_unknown_names_list_the_registered_ones(tmp_path, model_defaults):
     with pytest.raises(ConfigError, match=r"model.arch: unknown model 'nope'; registered models: .*config_test_model"):
         make_config(tmp_path, USER.replace("arch: config_test_model", "arch: nope"))
-    with pytest.raises(ConfigError, match=r"datasets.laoin: unknown builder 'laoin'; .*cc_sbu, cc_sbu_align, laion"):
+    with pytest.raises(ConfigError, match=r"datasets.laoin: unknown builder 'laoin'; .*cc_sbu, cc_sbu_align, .*laion"):
         make_config(tmp_path, USER.replace("  laion:", "  laoin:"))
     with pytest.raises(
         ConfigError, match=r"datasets.laion.text_processor.train.name: unknown processor 'blip_captoin'"

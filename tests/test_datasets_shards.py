@@ -368,6 +368,6 @@ def test_builder_needs_an_image_processor(data):
 @pytest.mark.gpu
 def test_batches_are_pinned_for_an_accelerator(data):
     datasets = build_datasets({"laion": dataset_cfg(str(data / "laion"))})
-    batch = next(build_train_loader(datasets, run_cfg(device="cuda", num_workers=1)))
+    batch = next(build_train_loader(datasets, run_cfg(num_workers=1), pin_memory=True))
     assert batch["image"].is_pinned()
     assert not next(build_train_loader(datasets, run_cfg()))["image"].is_pinned()

@@ -221,6 +221,7 @@ FAST_HELP = (
     "train.py",
     "demo.py",
     "inference.py",
+    "evaluate.py",
     "test/benchmark.py",
     "test/benchmark_dataloader.py",
     "tools/make_tiny_weights.py",

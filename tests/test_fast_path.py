@@ -23,12 +23,14 @@ import torch
 import torch.nn.functional as F
 from golden_model import build_golden_model
 from omegaconf import OmegaConf
+from test_runner import TinyCaptioner
 from torch.utils.data import Dataset
 
 import minigpt4  # noqa: F401  (registers every name)
+from minigpt4.common.device import move_to_device
 from minigpt4.common.schema import RunConfig
 from minigpt4.datasets.datasets.dataloader_utils import build_train_loader
-from minigpt4.runners.runner_base import RunnerBase, move_to_device, setup_output_dir, wrap_ddp
+from minigpt4.runners.runner_base import RunnerBase, setup_output_dir, wrap_ddp
 from minigpt4.tasks import ImageTextPretrainTask
 
 TEXTS = ["a cat on a mat", "a dog", "a woman holding a red flag next to a tree", "an orange bus"]
@@ -214,17 +216,17 @@ def test_training_loop_reads_the_device_only_when_logging(tmp_path, golden_dir, 
     assert sum(short.values()) > 0  # the spy sees the reads of the one log line
 
 
-def test_accelerator_batches_are_pinned_and_copied_without_blocking(monkeypatch):
-    run = OmegaConf.merge(OmegaConf.structured(RunConfig), {"batch_size_train": 4, "num_workers": 0})
+def test_accelerator_batches_are_pinned_and_copied_without_blocking(monkeypatch, tmp_path):
     datasets = {"captions": {"train": Captions()}}
-    cpu = build_train_loader(datasets, OmegaConf.merge(run, {"device": "cpu"}))
-    assert cpu.loaders[0].loader.pin_memory is False
-    # Only whether a CUDA device is present decides; the loader is built, not iterated.
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = RunOnly(batch_size_train=4, num_workers=0, output_dir=str(tmp_path), device="cuda")
+    # The runner's device decides, not run.device read again; the loader is built, not iterated.
+    runner = RunnerBase(cfg, ImageTextPretrainTask(), TinyCaptioner(), datasets, "job", device=torch.device("cpu"))
+    assert runner.train_loader(0).loaders[0].loader.pin_memory is False
+    runner.device = torch.device("cuda")
     with warnings.catch_warnings():  # torch warns that there is no accelerator to pin for
         warnings.simplefilter("ignore")
-        gpu = build_train_loader(datasets, OmegaConf.merge(run, {"device": "cuda"}))
-    assert gpu.loaders[0].loader.pin_memory is True
+        assert runner.train_loader(0).loaders[0].loader.pin_memory is True
+    assert build_train_loader(datasets, cfg.run_cfg).loaders[0].loader.pin_memory is False
 
     copies = []
     original = torch.Tensor.to

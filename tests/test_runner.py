@@ -30,11 +30,9 @@ from minigpt4.runners.runner_base import (
     NonFiniteWeightsError,
     ResumeError,
     RunnerBase,
-    backward_dtype,
-    build_optimizer,
     setup_output_dir,
-    step_optimizer,
 )
+from minigpt4.runners.train_step import backward_dtype, build_optimizer, step_optimizer
 from minigpt4.tasks import ImageTextPretrainTask
 
 TOKENS_PER_SAMPLE = 3  # what TinyCaptioner reports as real LLM tokens per sample
@@ -44,7 +42,18 @@ PADDED_PER_SAMPLE = 4
 class TinyCaptioner(nn.Module):
     """MiniGPT-4's shape in miniature: a frozen encoder, a trainable projection (with dropout and
     a norm whose name holds ``ln``), a frozen head, a buffer. Its loss also draws from Python's
-    ``random``, as MiniGPT-4's prompt choice does, so that resuming must restore that generator."""
+    ``random``, as MiniGPT-4's prompt choice does, so that resuming must restore that generator.
+    It keeps the runner's model contract (``TrainableModel``) with no LLM and no FLOP count."""
+
+    llm_dtype = None
+    vocab_size = None
+    jitter = True
+
+    def flop_model(self) -> None:
+        return None
+
+    def checkpoint_state(self, state: dict) -> dict:
+        return dict(state)
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,13 +74,14 @@ class TinyCaptioner(nn.Module):
         h = self.proj(x)
         self.dtypes.append(h.dtype)
         logits = self.head(self.drop(self.ln_proj(h)))  # (B, 4)
-        jitter = 1.0 + 0.01 * random.random()
+        jitter = 1.0 + 0.01 * random.random() if self.jitter else 1.0
         loss = F.cross_entropy(logits.float(), samples["label"], ignore_index=-100) * self.loss_weight * jitter
         batch = samples["label"].shape[0]
         return {
             "loss": loss,
             "tokens": torch.tensor(TOKENS_PER_SAMPLE * batch),
             "padded_tokens": PADDED_PER_SAMPLE * batch,
+            "target_tokens": (samples["label"] != -100).sum(),
         }
 
 
@@ -161,8 +171,11 @@ def test_training_learns_logs_and_checkpoints(tmp_path, caplog):
     assert fields["step"] == "24/24" and fields["epoch"] == "2" and fields["iter"] == "8/8"
     for key in ("loss", "grad_norm", "lr", "step_time", "data_time", "samples/s", "TokensPerSec"):
         float(fields[key])
-    assert float(fields["TokensPerSec"]) / float(fields["samples/s"]) == pytest.approx(TOKENS_PER_SAMPLE, rel=1e-3)
-    assert float(fields["TokensPerSec_padded"]) / float(fields["TokensPerSec"]) == pytest.approx(4 / 3, rel=1e-3)
+    # The ratios from the unrounded figures: on a loaded machine the line's one decimal is too coarse.
+    last = runner.history[-1]
+    assert float(fields["TokensPerSec"]) == pytest.approx(last["TokensPerSec"], abs=0.05)
+    assert last["TokensPerSec"] / last["samples_per_sec"] == pytest.approx(TOKENS_PER_SAMPLE, rel=1e-6)
+    assert last["TokensPerSec_padded"] / last["TokensPerSec"] == pytest.approx(4 / 3, rel=1e-6)
     assert re.fullmatch(r"\d+:\d\d:\d\d", fields["eta"]) and fields["nonfinite"] == "0"
     assert fields["mfu"] == "n/a"  # a CPU, and a model that does not count its FLOPs
     assert int(fields["peak_mem_MiB"]) > 0
@@ -347,9 +360,9 @@ def test_precision_and_loss_scale(tmp_path, overrides, dtype, scale):
 
 
 def test_a_model_computing_in_fp16_gets_a_loss_scaler_whatever_the_run_says():
-    bf16_llm, fp16_llm = nn.Linear(2, 2), nn.Linear(2, 2)
+    bf16_llm, fp16_llm = TinyCaptioner(), TinyCaptioner()
     bf16_llm.llm_dtype, fp16_llm.llm_dtype = torch.bfloat16, torch.float16
-    assert backward_dtype(None, nn.Linear(2, 2)) is None
+    assert backward_dtype(None, TinyCaptioner()) is None
     assert backward_dtype(torch.bfloat16, bf16_llm) is torch.bfloat16
     assert backward_dtype(torch.bfloat16, fp16_llm) is torch.float16
     assert backward_dtype(None, fp16_llm) is torch.float16
@@ -385,13 +398,6 @@ def test_output_folder_that_cannot_be_written(tmp_path):
     cfg = RunOnly(output_dir=str(tmp_path / "a_file" / "out"))
     with pytest.raises(PermissionError, match=r"run.output_dir: cannot write to .*a_file/out/job"):
         setup_output_dir(cfg.run_cfg, "job")
-
-
-def test_evaluation_keys_are_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"image_text_pretrain task has no evaluation"):
-        train(tmp_path, evaluate=True)
-    with pytest.raises(ValueError, match=r"image_text_pretrain task has no evaluation"):
-        train(tmp_path, valid_splits=["val"])
 
 
 def test_a_first_loss_near_uniform_predictions_is_warned_about():

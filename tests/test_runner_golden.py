@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from minigpt4.common.checkpoint import load_checkpoint
 from minigpt4.common.config import Config
-from minigpt4.runners.runner_base import RunnerBase, build_optimizer, setup_output_dir
+from minigpt4.runners.runner_base import RunnerBase, setup_output_dir
+from minigpt4.runners.train_step import build_optimizer
 from minigpt4.tasks import setup_task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -51,8 +52,9 @@ from minigpt4.common.logger import setup_logger
 from minigpt4.models import blip2_hf
 from minigpt4.models.checkpoint_files import read_checkpoint_header, safetensors_dtype
 from minigpt4.models.eva_vit import build_eva_vit, report_vit_keys
-from minigpt4.models.llm import build_llama, check_llama_tokenizer, llama_folder, llama_size_name, read_llama_config
+from minigpt4.models.llm import build_llama, check_llama_tokenizer, llama_folder, llm_size_name, read_llama_config
 from minigpt4.models.loaders import WeightLoadError, cache_dir, is_url, torch_load
+from minigpt4.models.lora import add_lora, is_adapter_key
 from minigpt4.models.mini_gpt4 import (
     PATCHES_PER_TOKEN,
     CheckpointTarget,
@@ -355,9 +357,9 @@ def delta_fraction(found: WeightFolder) -> tuple[float, int] | None:
     return (values <= 0).float().mean().item(), values.numel()
 
 
-def check_llm(cfg: Config, report: Report) -> tuple[Path | None, dict[str, Shape], int | None]:
+def check_llm(cfg: Config, report: Report) -> tuple[Path | None, dict[str, Shape], Any]:
     """The LLM folder's weights against config.json; returns the folder, the LLM's expected
-    shapes (``llama_model.*``) and its hidden size (None where config.json is unusable)."""
+    shapes (``llama_model.*``) and its config (None where config.json is unusable)."""
     location = cfg.model_cfg.llama_model
     row = Row("model.llama_model", location or "(empty)")
     report.rows.append(row)
@@ -373,7 +375,7 @@ def check_llm(cfg: Config, report: Report) -> tuple[Path | None, dict[str, Shape
     parameters = sum(p.numel() for p in llama.parameters())
     report.facts.append(
         f"LLM: {folder}: {config.model_type}, hidden size {config.hidden_size} "
-        f"({llama_size_name(config.hidden_size)}), {config.num_hidden_layers} layers, "
+        f"({llm_size_name(config, parameters)}), {config.num_hidden_layers} layers, "
         f"{count(parameters)} parameters, vocab_size {config.vocab_size} (config.json)"
     )
     found = read_weight_folder(folder, row, report)
@@ -398,7 +400,20 @@ def check_llm(cfg: Config, report: Report) -> tuple[Path | None, dict[str, Shape
                 f"config.json asks for {list(expected[key])}",
             )
         check_delta(folder, config, found, row, report)
-    return folder, {f"llama_model.{key}": shape for key, shape in expected.items()}, config.hidden_size
+    shapes = {f"llama_model.{key}": shape for key, shape in expected.items()}
+    try:
+        adapted = add_lora(llama, cfg.model_cfg)  # on the meta device: the adapters' shapes only
+    except MiniGPT4Error as error:
+        report.fail(row, one_line(error))
+    else:
+        adapters = {key: tuple(value.shape) for key, value in adapted.state_dict().items() if is_adapter_key(key)}
+        shapes.update({f"llama_model.{key}": shape for key, shape in adapters.items()})
+        if adapters:
+            report.facts.append(
+                f"LoRA: rank {cfg.model_cfg.lora_r} on {', '.join(cfg.model_cfg.lora_target_modules)}, "
+                f"{len(adapters)} adapter tensors ({count(sum(math.prod(s) for s in adapters.values()))} parameters)"
+            )
+    return folder, shapes, config
 
 
 def check_delta(folder: Path, config: Any, found: WeightFolder, row: Row, report: Report) -> None:
@@ -440,7 +455,7 @@ def check_tokenizer(folder: Path, report: Report) -> None:
         report.fail(row, tokens.message())
 
 
-def check_ckpt(cfg: Config, shapes: Mapping[str, Shape], hidden: int | None, report: Report) -> None:
+def check_ckpt(cfg: Config, shapes: Mapping[str, Shape], llm_config: Any, report: Report) -> None:
     if not cfg.model_cfg.ckpt:
         report.facts.append("projection: model.ckpt is not set (llama_proj starts untrained)")
         return
@@ -458,6 +473,7 @@ def check_ckpt(cfg: Config, shapes: Mapping[str, Shape], hidden: int | None, rep
     row.used = len(set(state) & set(shapes))
     row.ignored = len(header.shapes) - len(state)
     proj = header.shapes.get("llama_proj.weight")
+    hidden = llm_config.hidden_size if llm_config is not None else None
     if header.metadata:
         trained = trained_for(header.metadata, cfg.model_cfg.vit_arch.embed_dim)
         report.facts.append(f"projection: {header.file} was trained for {trained}")
@@ -467,8 +483,8 @@ def check_ckpt(cfg: Config, shapes: Mapping[str, Shape], hidden: int | None, rep
         shapes["llama_proj.weight"] = (proj[0] if proj else 0, projection_width(cfg.model_cfg))
         shapes["llama_proj.bias"] = (shapes["llama_proj.weight"][0],)
     expected = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
-    target = CheckpointTarget.of(model_config(cfg.model_cfg), hidden) if hidden is not None else None
-    explain = checkpoint_shape_explainer(cfg.model_cfg.has_qformer, cfg.model_cfg.vit_arch.embed_dim)
+    target = CheckpointTarget.of(model_config(cfg.model_cfg), hidden, llm_config) if hidden is not None else None
+    explain = checkpoint_shape_explainer(cfg.model_cfg.has_qformer, cfg.model_cfg.vit_arch.embed_dim, llm_config)
     try:
         warnings = check_minigpt4_checkpoint(expected, state, header.file, header.metadata, target, explain=explain)
     except MiniGPT4Error as error:
@@ -479,7 +495,7 @@ def check_ckpt(cfg: Config, shapes: Mapping[str, Shape], hidden: int | None, rep
     report.notes.extend(f"projection: {warning}" for warning in warnings)
     if proj and hidden is not None:
         report.facts.append(
-            f"projection: llama_proj {list(proj)} fits the LLM's hidden size {hidden} ({llama_size_name(hidden)})"
+            f"projection: llama_proj {list(proj)} fits the LLM's hidden size {hidden} ({llm_size_name(llm_config)})"
         )
 
 
@@ -528,14 +544,14 @@ def check_config(cfg: Config) -> Report:
     else:
         check_vit(cfg, shapes, report)
         check_blip2(cfg, shapes, report)
-    folder, llm_shapes, hidden = check_llm(cfg, report)
+    folder, llm_shapes, llm_config = check_llm(cfg, report)
     if folder is not None:
         check_tokenizer(folder, report)
-    if hidden is not None:
+    if llm_config is not None:
         shapes = {**shapes, **llm_shapes}
-        width = projection_width(model_cfg)
+        width, hidden = projection_width(model_cfg), llm_config.hidden_size
         shapes.update({"llama_proj.weight": (hidden, width), "llama_proj.bias": (hidden,)})
-    check_ckpt(cfg, shapes, hidden, report)
+    check_ckpt(cfg, shapes, llm_config, report)
     return report
 
 

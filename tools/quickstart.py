@@ -219,6 +219,11 @@ def main() -> None:
         "untrained projection %.0f%%",
         len(heldout), 100 * trained, 100 * untrained,
     )  # fmt: skip
+    logger.info(
+        "the same score through evaluate.py: python evaluate.py --cfg-path eval_configs/world_heldout.yaml "
+        "--device cpu --options model.ckpt=%s",
+        stage2_ckpt,
+    )
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))  # run as a script, the repository root is not on 
 from minigpt4.common.schema import QFormerArch, VitArch  # noqa: E402
 from minigpt4.conversation.conversation import CONV_VISION, IMAGE_MESSAGE  # noqa: E402
 from minigpt4.datasets.shard_writer import ShardSample, jpeg_bytes, write_img2dataset_shards  # noqa: E402
+from minigpt4.evaluation.labels import named_values  # noqa: E402
 from minigpt4.models.eva_vit import build_eva_vit  # noqa: E402
 from minigpt4.models.llm import load_llama_tokenizer  # noqa: E402
 from minigpt4.models.mini_gpt4 import IMAGE_PLACEHOLDER, read_prompts  # noqa: E402
@@ -136,9 +137,9 @@ def sample_thing(rng: random.Random) -> Thing:
 
 
 def named(text: str, attribute: str) -> set[str]:
-    """The values of ``attribute`` (e.g. the colours) that ``text`` names."""
-    words = set(text.lower().replace(".", " ").replace(",", " ").split())
-    return words & set(ATTRIBUTES[attribute])
+    """The values of ``attribute`` (e.g. the colours) that ``text`` names, as evaluate.py's
+    attribute-naming benchmark reads them (eval_configs/world_heldout.yaml)."""
+    return named_values(text, ATTRIBUTES[attribute])
 
 
 def names_right(text: str, thing: Thing, attributes: tuple[str, ...] = SCORED) -> bool:
@@ -227,7 +228,11 @@ def write_described(out: Path, count: int, rng: random.Random, with_attributes: 
         if with_attributes:
             entry.update(asdict(thing))
         annotations.append(entry)
-    (out / "filter_cap.json").write_text(json.dumps({"annotations": annotations}, indent=1))
+    content: dict = {"annotations": annotations}
+    if with_attributes:
+        # Every value an answer could name, for the held-out score (eval_configs/world_heldout.yaml).
+        content["attribute_values"] = {name: list(values) for name, values in ATTRIBUTES.items()}
+    (out / "filter_cap.json").write_text(json.dumps(content, indent=1))
 
 
 def read_heldout(folder: Path) -> list[tuple[Path, Thing, str]]:

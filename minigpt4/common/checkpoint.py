@@ -45,20 +45,27 @@ class CheckpointMismatchError(MiniGPT4Error, KeyError):
         return str(self.args[0])
 
 
+def _first(keys: list[str], shown: int = 8) -> str:
+    """``['a', 'b', ... (120 in all)]``: LoRA adapters alone are hundreds of keys."""
+    if not keys:
+        return "none"
+    more = f", ... ({len(keys)} in all)" if len(keys) > shown else ""
+    return str(keys[:shown])[:-1] + more + "]"
+
+
 def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load a checkpoint's ``model`` entry: it must hold every trainable parameter and buffer of
-    ``model`` and nothing the model lacks; frozen parameters keep the weights they were loaded
-    with. A model with a ``checkpoint_state`` method first maps the entry to its own names
-    (MiniGPT4: a reference runner's checkpoint, with its Q-Former names and extra buffers)."""
-    if hasattr(model, "checkpoint_state"):
-        state = model.checkpoint_state(state)
+    """Load a checkpoint's ``model`` entry, under the model's names (the runner maps older
+    formats first with the model's ``checkpoint_state``): it must hold every trainable parameter
+    and buffer of ``model`` and nothing the model lacks; frozen parameters keep the weights they
+    were loaded with."""
     expected = set(trainable_state_dict(model))
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:
         raise CheckpointMismatchError(
-            f"{source} does not match the model's trainable parameters: "
-            f"missing {missing or 'none'}; unexpected {unexpected or 'none'}"
+            f"{source} does not match the model's trainable parameters: missing {_first(missing)}; unexpected "
+            f"{_first(unexpected)} (was it trained with other model.lora_r, lora_target_modules, freeze_vit or "
+            "freeze_qformer settings?)"
         )
     own = model.state_dict()
     mis_shaped = [

@@ -12,7 +12,8 @@ import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -154,6 +155,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+def move_to_device(samples: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """A batch's tensors on ``device`` (copied without blocking from pinned memory); the rest as is."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in samples.items()}
 
 
 def synchronize(device: torch.device) -> None:

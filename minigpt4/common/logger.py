@@ -314,6 +314,23 @@ def format_step_line(
     )
 
 
+def _figure(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_epoch_line(epoch: int, train_loss: str, held_out: dict[str, Any]) -> str:
+    """``epoch: epoch=0 train_loss=2.346 val_loss=2.1234 val_samples=12 best_epoch=0``: the
+    epoch's mean training loss and the held-out figures beside it."""
+    fields = " ".join(f"{k}={_figure(v)}" for k, v in held_out.items())
+    return f"epoch: epoch={epoch} train_loss={train_loss}{' ' + fields if fields else ''}"
+
+
+def format_eval_line(split: str, epoch: int | None, metrics: dict[str, Any]) -> str:
+    """``evaluate: split=test epoch=1 loss=2.1234 samples=12``."""
+    fields = " ".join(f"{k}={_figure(v)}" for k, v in metrics.items())
+    return f"evaluate: split={split} epoch={'n/a' if epoch is None else epoch} {fields}"
+
+
 class TensorBoard:
     """Scalars to ``output_dir/tensorboard`` when the ``tensorboard`` package is installed; a
     no-op otherwise (it is optional)."""
@@ -343,6 +360,8 @@ __all__ = [
     "StepMetrics",
     "TensorBoard",
     "WindowStats",
+    "format_epoch_line",
+    "format_eval_line",
     "format_step_line",
     "log_config",
     "log_epoch",

@@ -109,6 +109,15 @@ class ModelConfig:
     # as the reference's demo; ``model.to(device)`` then moves the Q-Former and llama_proj only.
     low_resource: bool = False
     device_8bit: int = 0
+    # LoRA adapters on the LLM (upstream's later keys, through peft; see models/lora.py). 0: none,
+    # the LLM frozen whole and only llama_proj trains (the reference). N > 0: rank-N adapters on
+    # every LLM Linear named in lora_target_modules (its full name or its last components), scaled
+    # by lora_alpha / lora_r, with lora_dropout on their input; they train beside llama_proj and
+    # are saved in the checkpoints. The defaults are upstream's MiniGPTBase's.
+    lora_r: int = 0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
     # A MiniGPT-4 checkpoint loaded last: the released projection file or a training checkpoint
     # (``.pth``, ``{'model': ...}``), or its export by tools/export_checkpoint.py (a folder holding
     # model.safetensors, or that file).
@@ -155,6 +164,38 @@ class BuildInfo:
     str (typed Any because OmegaConf 2.3 has no unions; ``Config`` checks it)."""
 
     storage: Any = ""
+    # Benchmarks (evaluate.py; minigpt4/datasets/builders/benchmark_builder.py): the benchmark's
+    # own annotation files by role (``questions``, ``annotations``, or one file per split such as
+    # POPE's ``random``), the image folder, and for annotations that give only an image id the
+    # file name as a format string (``COCO_val2014_{image_id:012d}.jpg``; empty: the builder's).
+    annotations: dict[str, str] = field(default_factory=dict)
+    images: str = ""
+    image_name: str = ""
+
+
+@dataclass
+class BenchmarkConfig:
+    """``datasets.<benchmark>.benchmark``: how evaluate.py asks a benchmark's questions. ``prompt``
+    is the text each question is asked as, ``{}`` standing for the benchmark's question (caption
+    benchmarks have none); every question is a fresh one-turn conversation, answered greedily.
+    ``splits``: the annotation splits to evaluate (empty: all the builder finds configured)."""
+
+    prompt: str = ""
+    max_new_tokens: int = 20
+    splits: list[str] = field(default_factory=list)
+    # Attribute-naming benchmarks (the tiny world's held-out split): the annotation fields an
+    # answer must name, each with the right value and no other value of that field.
+    scored_attributes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HeldOutSplit:
+    """One split taken out of a map-style dataset's training data (``cc_sbu_align``): a
+    ``fraction`` of its images, drawn with the dataset's ``held_out_seed``, or the images listed in
+    ``image_ids`` (as ``filter_cap.json`` names them). One of the two."""
+
+    fraction: float = 0.0
+    image_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +210,14 @@ class DatasetConfig:
     text_processor: SplitProcessors = field(default_factory=SplitProcessors)
     # Relative weight of this dataset when several are mixed batch by batch (stage 1: 115 and 14).
     sample_ratio: float = 1.0
+    # Benchmarks only (evaluate.py): the prompt and generation settings.
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    # New keys. Splits held out of the training data, by the name run.valid_splits / test_splits
+    # give them (``{val: {fraction: 0.05}}``); only cc_sbu_align has them. Each is read with the
+    # ``eval`` image processor (default: blip2_image_eval at the train processor's size).
+    held_out: dict[str, HeldOutSplit] = field(default_factory=dict)
+    # Seeds the draw of the ``fraction`` splits only, so that the split stays put when run.seed changes.
+    held_out_seed: int = 0
 
 
 @dataclass
@@ -192,6 +241,7 @@ class RunConfig:
     # The shard streams are endless: an epoch is this many iterations.
     iters_per_epoch: int = 10000
     batch_size_train: int = 1
+    # Per rank, for the held-out splits (evaluation reads each sample of a split exactly once).
     batch_size_eval: int = 1
     num_workers: int = 4
     accum_grad_iters: int = 1
@@ -203,9 +253,14 @@ class RunConfig:
     # Resuming with other data settings (iters_per_epoch, batch size, checkpoint_interval, seed,
     # num_workers, length_grouping, ranks) is allowed with a warning; a finished run is refused.
     resume_ckpt_path: str | None = None
+    # True: no training; the held-out loss of valid_splits and test_splits for the model as loaded
+    # (model.ckpt), or for the weights of resume_ckpt_path when set.
     evaluate: bool = False
     train_splits: list[str] = field(default_factory=lambda: ["train"])
+    # Evaluated after every epoch (log line, log.txt, TensorBoard); by the first of them the best
+    # epoch's checkpoint is also kept as checkpoint_best.pth.
     valid_splits: list[str] = field(default_factory=list)
+    # Evaluated once after training, with the weights of checkpoint_best.pth when valid_splits is set.
     test_splits: list[str] = field(default_factory=list)
     # cuda, npu, cpu, or auto (the first of cuda, npu, cpu that is present); see common/device.py.
     device: str = "cuda"
@@ -241,6 +296,14 @@ class RunConfig:
     # line); above this share of skipped samples among those read from a loader worker's last 20
     # shards the run stops, naming the shards. 1.0: never stop for skips.
     max_skip_fraction: float = 0.2
+    # Memory for the big LLMs (runners/memory.py). Recompute each decoder layer of the frozen LLM
+    # in the backward instead of keeping its activations (non-reentrant checkpointing; the
+    # projection's gradient still flows through the whole LLM).
+    llm_activation_checkpointing: bool = False
+    # Under torchrun with several ranks: shard the frozen LLM's parameters across the ranks with
+    # FSDP2 (one unit per decoder layer); the trainable parameters stay whole and DDP reduces them,
+    # so checkpoints keep their format. Not with model.low_resource.
+    shard_llm: bool = False
 
 
 @dataclass
@@ -255,8 +318,10 @@ class RootConfig:
 
 __all__ = [
     "WEIGHT_URLS",
+    "BenchmarkConfig",
     "BuildInfo",
     "DatasetConfig",
+    "HeldOutSplit",
     "ModelConfig",
     "Preprocess",
     "ProcessorConfig",

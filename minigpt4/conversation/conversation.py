@@ -39,6 +39,7 @@ from minigpt4.conversation.templates import (
     SeparatorStyle,
     new_conversation,
 )
+from minigpt4.models.llm import start_ids
 
 # The reference's names (and upstream's later ones) keep their import path.
 __all__ = [
@@ -66,10 +67,10 @@ ImageInput = str | Path | Image.Image | torch.Tensor
 def token_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
     """The text each ordinary token adds when it follows other text (``▁###`` -> `` ###``, the byte
     piece ``<0x23>`` -> ``#``). Decoding each id after ``<s>`` keeps the leading space a lone
-    decode would strip; special tokens are left out."""
-    anchor = tokenizer.bos_token_id
+    decode would strip; special tokens are left out. A tokenizer without BOS (Qwen) anchors on EOS."""
+    anchor = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if anchor is None:
-        raise ValueError("deriving stop sequences needs a tokenizer with a BOS token")
+        raise ValueError("deriving stop sequences needs a tokenizer with a BOS or EOS token")
     special = set(tokenizer.all_special_ids)
     ids = [i for i in range(len(tokenizer)) if i not in special]
     prefix = tokenizer.decode([anchor])
@@ -304,7 +305,7 @@ class Chat:
     @torch.no_grad()
     def get_context_emb(self, conv: Conversation, img_list: Sequence[torch.Tensor]) -> torch.Tensor:
         """The prompt's text embeddings interleaved with the images: (1, L, H). Only the first text
-        segment starts with ``<s>``."""
+        segment starts with ``<s>`` (nothing for a tokenizer without BOS)."""
         self._on_device()
         segments = conv.get_prompt().split(IMAGE_PLACEHOLDER)
         if len(segments) != len(img_list) + 1:
@@ -315,7 +316,7 @@ class Chat:
         for i, segment in enumerate(segments):
             ids = self.tokenizer(segment, add_special_tokens=False).input_ids
             if i == 0:
-                ids = [self.tokenizer.bos_token_id, *ids]
+                ids = [*start_ids(self.tokenizer), *ids]
             text = self.model.embed_tokens(torch.tensor([ids], dtype=torch.long, device=self.device))
             pieces.append(text)
             if i < len(img_list):

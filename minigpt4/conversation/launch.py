@@ -5,11 +5,8 @@ processor from ``datasets.cc_sbu_align.vis_processor.train``, as in the referenc
 configs name ``blip2_image_eval`` there).
 
 The Ascend generation edits (``transformers_modify``) are switched on here: always on an NPU, and
-on any other device with ``--patch-generation``. They are deliberately not a YAML key: they patch
-transformers for the whole process, so they belong to the process that generates, not to a model
-config that training reads as well; off an NPU they serve only to reproduce the NPU's decoding,
-a one-off choice for the command line rather than a setting that would travel with a config file
-and silently change every GPU user's decoding; and one switch needs no precedence rule.
+elsewhere with ``--patch-generation``. A command-line switch, not a YAML key, because they patch
+transformers for the whole process that generates.
 """
 
 from __future__ import annotations

@@ -69,6 +69,8 @@ def checkpoint_metadata(state: Mapping[str, torch.Tensor], model_cfg: Mapping[st
         "num_query_token": cfg.get("num_query_token"),
         "prompt_template": cfg.get("prompt_template"),
         "end_sym": cfg.get("end_sym"),
+        # The LoRA adapters the file holds (models/lora.py); None without (lora_r 0 or unknown).
+        **{key: cfg.get(key) if cfg.get("lora_r") else None for key in ("lora_r", "lora_alpha", "lora_target_modules")},
         "project_version": project_version(),
     }
 

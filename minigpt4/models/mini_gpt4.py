@@ -1,7 +1,8 @@
 """MiniGPT-4: a frozen BLIP-2 vision side aligned with a frozen Vicuna by one trainable Linear.
 
 ``image -> EVA ViT -> ln_vision -> Q-Former (query tokens) -> llama_proj -> Vicuna``. Only
-``llama_proj`` trains (``freeze_vit: False`` / ``freeze_qformer: False`` unfreeze those parts).
+``llama_proj`` trains (``freeze_vit: False`` / ``freeze_qformer: False`` unfreeze those parts;
+``lora_r`` > 0 adds trainable LoRA adapters to the LLM, ``minigpt4/models/lora.py``).
 With ``has_qformer: False`` (upstream's later LLaMA-2 variant) there is no Q-Former:
 ``image -> EVA ViT -> ln_vision -> patch tokens merged 4 at a time -> llama_proj -> LLaMA-2``.
 The class is registered as ``mini_gpt4`` (the reference) and ``minigpt4`` (upstream's later name).
@@ -35,10 +36,10 @@ from typing import Any, ClassVar
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from minigpt4.common.device import autocast, autocast_dtype, parse_dtype, resolve_device
-from minigpt4.common.flops import FlopModel, minigpt4_flop_model
+from minigpt4.common.flops import FlopModel, count_flop_model
 from minigpt4.common.registry import UnknownNameError, registry
 from minigpt4.common.schema import ModelConfig
 from minigpt4.conversation.templates import (
@@ -54,11 +55,21 @@ from minigpt4.models.llm import (
     build_llama,
     llama_folder,
     llama_size_name,
+    llm_size_name,
     load_llama,
     load_llama_tokenizer,
     read_llama_config,
+    start_ids,
 )
 from minigpt4.models.loaders import WeightLoadError, check_state_dict, resolve_weights, skip_random_init
+from minigpt4.models.lora import (
+    add_lora,
+    check_checkpoint_adapters,
+    check_lora,
+    explain_adapter_shape,
+    set_adapter_mode,
+)
+from minigpt4.models.lora import checkpoint_name as lora_checkpoint_name
 from minigpt4.models.qformer import blip2_to_ours, build_qformer, load_blip2_qformer
 
 logger = logging.getLogger(__name__)
@@ -101,10 +112,9 @@ def run_device(device: torch.device | str | None) -> torch.device:
 
 
 def vit_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
-    """``vit_precision`` as a dtype for a model running on ``device``. ``auto`` is the reference's
-    fp16 on an accelerator and fp32 on a CPU (where the reference could not run its fp16 ViT at
-    all). ``low_resource`` runs the vision tower on the CPU in fp32 whatever the key says, as the
-    reference's ``vit_to_cpu`` did."""
+    """``vit_precision`` as a dtype for a model running on ``device``. ``auto`` is fp16 on an
+    accelerator and fp32 on a CPU. ``low_resource`` runs the vision tower on the CPU in fp32
+    whatever the key says."""
     if cfg.vit_precision == "auto":
         dtype = torch.float32 if device.type == "cpu" else torch.float16
     else:
@@ -137,8 +147,7 @@ def read_prompts(prompt_path: str, prompt_template: str) -> list[str]:
     if not lines:
         raise ValueError(f"model.prompt_path: '{prompt_path}' has no line containing {IMAGE_PLACEHOLDER}")
     if "{}" not in prompt_template:
-        # The reference formatted the lines into a template without a slot and trained on that
-        # constant (an empty template: no prompt at all) without a word.
+        # Without a slot every sample would train on the same constant prompt.
         raise ValueError(
             f"model.prompt_template must hold {{}} where each line of model.prompt_path goes, got "
             f"{prompt_template!r} (stage 2 uses '###Human: {{}} ###Assistant: ')"
@@ -185,7 +194,8 @@ def _grad(enabled: bool) -> contextlib.AbstractContextManager:
 
 @dataclass
 class LLMInputs:
-    """What ``forward`` gives the LLM: ``[BOS] [prompt before] [image] [prompt after] [text]``."""
+    """What ``forward`` gives the LLM: ``[BOS] [prompt before] [image] [prompt after] [text]``
+    (no BOS for a tokenizer without one)."""
 
     inputs_embeds: torch.Tensor  # (B, L, H)
     attention_mask: torch.Tensor  # (B, L) long
@@ -238,7 +248,7 @@ class MiniGPT4(nn.Module):
     def __init__(
         self,
         cfg: DictConfig,
-        llama_model: LlamaForCausalLM,
+        llama_model: PreTrainedModel,
         llama_tokenizer: PreTrainedTokenizerBase,
         prompt_list: list[str],
         device: torch.device,
@@ -289,6 +299,7 @@ class MiniGPT4(nn.Module):
             self.Qformer.requires_grad_(not self.freeze_qformer)
             self.query_tokens.requires_grad_(not self.freeze_qformer)
         self.llama_model.requires_grad_(False)
+        check_lora(cfg, llama_model)  # the adapters themselves are added once the LLM has its weights
         self.train()
 
     # --- construction -------------------------------------------------------------------------
@@ -306,7 +317,7 @@ class MiniGPT4(nn.Module):
     def build(
         cls,
         cfg: Mapping[str, Any] | DictConfig | ModelConfig,
-        llama_config: LlamaConfig,
+        llama_config: PretrainedConfig,
         llama_tokenizer: PreTrainedTokenizerBase,
     ) -> MiniGPT4:
         """The model with random weights, built on the current default device; reads only the
@@ -317,7 +328,9 @@ class MiniGPT4(nn.Module):
         device = run_device(None)
         llama = build_llama(llama_config, llm_dtype(cfg, device))
         prompts = read_prompts(cfg.prompt_path, training_prompt_template(cfg, llama_tokenizer))
-        return cls(cfg, llama, llama_tokenizer, prompts, device)
+        model = cls(cfg, llama, llama_tokenizer, prompts, device)
+        model.llama_model = add_lora(model.llama_model, cfg)
+        return model
 
     @classmethod
     def from_config(
@@ -345,7 +358,7 @@ class MiniGPT4(nn.Module):
             model = cls(cfg, stand_in, tokenizer, prompts, target)
         load_vision_weights(model, cfg)
         logger.info("Loading LLAMA")
-        model.llama_model = load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit, tokenizer)
+        model.llama_model = add_lora(load_llama(folder, dtype, cfg.low_resource, cfg.device_8bit, tokenizer), cfg)
         if cfg.ckpt:
             logger.info("Load BLIP2-LLM Checkpoint: %s", cfg.ckpt)
             load_minigpt4_checkpoint(model, resolve_weights(cfg.ckpt, "ckpt"), cfg)
@@ -370,6 +383,7 @@ class MiniGPT4(nn.Module):
         super().train(mode)
         for module in self.frozen_modules():
             module.eval()
+        set_adapter_mode(self.llama_model, mode)
         return self
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> MiniGPT4:
@@ -390,19 +404,32 @@ class MiniGPT4(nn.Module):
     @staticmethod
     def checkpoint_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A checkpoint's ``model`` entry under this model's names: the reference's Q-Former names
-        mapped, the buffers its runner saved and this model computes itself dropped. Used by
-        ``ckpt`` loading and by the runner's resume (``load_trainable_state_dict``)."""
+        mapped, the buffers its runner saved and this model computes itself dropped, upstream's
+        LoRA adapter names mapped (``models/lora.py``). Used by ``ckpt`` loading and by the
+        runner's resume (``load_trainable_state_dict``)."""
         return {
-            blip2_to_ours(key): value
+            lora_checkpoint_name(blip2_to_ours(key)): value
             for key, value in state.items()
-            if not any(pattern.match(key) for pattern in REFERENCE_BUFFERS)
+            # upstream's LoRA checkpoints hold the LLM's buffers under the peft wrapper's prefix
+            if not any(pattern.match(key) or pattern.match(lora_checkpoint_name(key)) for pattern in REFERENCE_BUFFERS)
         }
 
     # --- forward ------------------------------------------------------------------------------
 
     def flop_model(self) -> FlopModel:
-        """This model's training FLOP counts (``minigpt4.common.flops``), for MFU."""
-        return minigpt4_flop_model(self)
+        """This model's training FLOP counts (``minigpt4.common.flops``), for MFU: the model names
+        its parts, the counter reads their modules and the LLM's config."""
+        vit = self.visual_encoder
+        return count_flop_model(
+            vision=vit,
+            vision_depth=len(vit.blocks),
+            vision_width=vit.embed_dim,
+            vision_tokens=vit.patch_embed.num_patches + vit.num_prefix_tokens,
+            qformer=self.Qformer,
+            image_tokens=self.num_image_tokens,
+            projection=self.llama_proj,
+            llm=self.llama_model,
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -494,11 +521,14 @@ class MiniGPT4(nn.Module):
         # With the reference's pad = eos an eos inside the text is not a target either; with
         # model.pad_token (upstream's "$$") it is, and a "$$" in the text is not.
         text_targets = text_ids.masked_fill(text_ids == self.llama_tokenizer.pad_token_id, IGNORE_INDEX)
-        prefix_targets = torch.full((batch, 1 + atts_img.shape[1]), IGNORE_INDEX, dtype=torch.long, device=device)
 
-        bos = torch.full((batch, 1), self.llama_tokenizer.bos_token_id, dtype=torch.long, device=device)
+        # [BOS], or nothing for a tokenizer without one (Qwen)
+        start = start_ids(self.llama_tokenizer)
+        bos = torch.full((batch, len(start)), start[0] if start else 0, dtype=torch.long, device=device)  # (B, 0|1)
         inputs_embeds = torch.cat([self.embed_tokens(bos), img_embeds, self.embed_tokens(text_ids)], dim=1)
-        attention_mask = torch.cat([atts_img[:, :1], atts_img, tokens.attention_mask], dim=1)
+        attention_mask = torch.cat([atts_img[:, : bos.shape[1]], atts_img, tokens.attention_mask], dim=1)
+        prefix = bos.shape[1] + atts_img.shape[1]
+        prefix_targets = torch.full((batch, prefix), IGNORE_INDEX, dtype=torch.long, device=device)
         return LLMInputs(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -507,7 +537,8 @@ class MiniGPT4(nn.Module):
         )
 
     def forward(self, samples: Mapping[str, Any]) -> dict[str, Any]:
-        """``{"loss", "tokens" (real LLM input tokens, a 0-dim tensor), "padded_tokens" (B * L)}``."""
+        """``{"loss", "tokens" (real LLM input tokens, a 0-dim tensor), "padded_tokens" (B * L),
+        "target_tokens" (the tokens the loss averages over, a 0-dim tensor)}``."""
         inputs = self.prepare_llm_inputs(samples)
         with autocast(inputs.inputs_embeds.device, self.llm_dtype):
             # No attention mask: padding is on the right, so under the causal mask no real token
@@ -524,6 +555,7 @@ class MiniGPT4(nn.Module):
             "loss": outputs.loss,
             "tokens": inputs.attention_mask.sum(),
             "padded_tokens": inputs.attention_mask.numel(),
+            "target_tokens": (inputs.labels[:, 1:] != IGNORE_INDEX).sum(),  # each predicts the next token
         }
 
 
@@ -577,15 +609,24 @@ def projection_input(width: int, vit_width: int | None) -> str:
 
 
 def checkpoint_shape_explainer(
-    has_qformer: bool | None = None, vit_width: int | None = None
+    has_qformer: bool | None = None, vit_width: int | None = None, llm_config: PretrainedConfig | None = None
 ) -> Callable[[str, tuple[int, ...], tuple[int, ...]], str | None]:
     """:func:`explain_checkpoint_shape` for a model with (or without) a Q-Former on a ViT of
-    ``vit_width`` channels; unknown (None) gives the Q-Former wording."""
+    ``vit_width`` channels and the LLM of ``llm_config``; unknown (None) gives the Q-Former
+    wording and names the LLM by its width."""
 
     def explain(key: str, have: tuple[int, ...], want: tuple[int, ...]) -> str | None:
-        return explain_checkpoint_shape(key, have, want, has_qformer, vit_width)
+        return explain_checkpoint_shape(key, have, want, has_qformer, vit_width, llm_config=llm_config)
 
     return explain
+
+
+def llm_name(hidden_size: int, llm_config: PretrainedConfig | None = None) -> str:
+    """The LLM of this model in words: from its config where known (``a 7B LLM``, ``a 494M qwen2
+    LLM``), else from the width alone."""
+    if llm_config is not None and llm_config.hidden_size == hidden_size:
+        return llm_size_name(llm_config)
+    return llama_size_name(hidden_size)
 
 
 def explain_checkpoint_shape(
@@ -594,12 +635,17 @@ def explain_checkpoint_shape(
     want: tuple[int, ...],
     has_qformer: bool | None = None,
     vit_width: int | None = None,
+    *,
+    llm_config: PretrainedConfig | None = None,
 ) -> str | None:
-    """Shape mismatches of a MiniGPT-4 checkpoint in words."""
+    """Shape mismatches of a MiniGPT-4 checkpoint in words. The checkpoint's LLM is known by its
+    width only; this model's from ``llm_config`` where given."""
+    if (adapter := explain_adapter_shape(key, have, want)) is not None:
+        return adapter
     if key.startswith("llama_proj.") and have[0] != want[0]:
         return (
             f"llama_proj was trained for hidden size {have[0]} ({llama_size_name(have[0])}) "
-            f"but the LLM has {want[0]} ({llama_size_name(want[0])})"
+            f"but the LLM has {want[0]} ({llm_name(want[0], llm_config)})"
         )
     if key == "llama_proj.weight" and have[1] != want[1]:
         if has_qformer is None:
@@ -628,9 +674,11 @@ class CheckpointTarget:
     end_sym: str
     has_qformer: bool = True
     vit_width: int | None = None
+    llm_config: PretrainedConfig | None = None
+    lora_alpha: int | None = None  # None without LoRA adapters
 
     @classmethod
-    def of(cls, cfg: DictConfig, llm_hidden_size: int) -> CheckpointTarget:
+    def of(cls, cfg: DictConfig, llm_hidden_size: int, llm_config: PretrainedConfig | None = None) -> CheckpointTarget:
         vit_width = cfg.vit_arch.embed_dim
         width = cfg.qformer_arch.hidden_size if cfg.has_qformer else PATCHES_PER_TOKEN * vit_width
         return cls(
@@ -642,6 +690,8 @@ class CheckpointTarget:
             cfg.end_sym,
             cfg.has_qformer,
             vit_width,
+            llm_config,
+            cfg.lora_alpha if cfg.lora_r else None,
         )
 
 
@@ -669,7 +719,7 @@ def check_checkpoint_metadata(metadata: Mapping[str, Any], target: CheckpointTar
     if hidden != target.llm_hidden_size:
         problems.append(
             f"model.llama_model '{target.llama_model}' has hidden size {target.llm_hidden_size} "
-            f"({llama_size_name(target.llm_hidden_size)})"
+            f"({llm_name(target.llm_hidden_size, target.llm_config)})"
         )
     if metadata.get("qformer_hidden_size") != target.qformer_hidden_size:
         if target.has_qformer:
@@ -684,6 +734,7 @@ def check_checkpoint_metadata(metadata: Mapping[str, Any], target: CheckpointTar
         ("num_query_token", target.num_query_token if target.has_qformer else None),
         ("prompt_template", target.prompt_template),
         ("end_sym", target.end_sym),
+        ("lora_alpha", target.lora_alpha),
     ):
         trained = metadata.get(key)
         if trained is not None and value is not None and trained != value:
@@ -708,7 +759,9 @@ def check_minigpt4_checkpoint(
     warnings = check_checkpoint_metadata(metadata, target, source) if metadata and target else []
     optional = set(expected) - set(PROJECTION_KEYS)
     if explain is None:
-        explain = checkpoint_shape_explainer(*((target.has_qformer, target.vit_width) if target else ()))
+        explain = checkpoint_shape_explainer(
+            *((target.has_qformer, target.vit_width, target.llm_config) if target else ())
+        )
     check_state_dict(expected, state, f"the MiniGPT-4 checkpoint {source}", explain, optional)
     return warnings
 
@@ -725,8 +778,10 @@ def load_minigpt4_checkpoint(model: MiniGPT4, path: Path, cfg: DictConfig | None
     """
     state, metadata = read_checkpoint(path)
     state = model.checkpoint_state(state)
-    target = CheckpointTarget.of(cfg, model.llama_model.config.hidden_size) if cfg is not None else None
-    explain = checkpoint_shape_explainer(model.has_qformer, model.visual_encoder.embed_dim)
+    check_checkpoint_adapters(state, model.llama_model, path)
+    llm_config = model.llama_model.config
+    target = CheckpointTarget.of(cfg, llm_config.hidden_size, llm_config) if cfg is not None else None
+    explain = checkpoint_shape_explainer(model.has_qformer, model.visual_encoder.embed_dim, llm_config)
     for warning in check_minigpt4_checkpoint(model.state_dict(), state, path, metadata, target, explain=explain):
         logger.warning("%s", warning)
     model.load_state_dict(state, strict=False)

@@ -1,13 +1,18 @@
 """``image_text_pretrain``: the task of both MiniGPT-4 stages (``run.task`` in the train YAMLs).
 
-A task says what a run builds from the config and what one training step computes; the runner
-owns the loop. Before anything is loaded, ``check_inputs`` makes sure that every local file the
-run will read exists, so that a wrong path stops the run in seconds, naming the key and the path,
-rather than after minutes of loading.
+A task says what a run builds from the config, what one training step computes and how a
+held-out split is evaluated (``valid_step`` per batch, ``evaluation`` over a split on all ranks,
+``after_evaluation`` into the figures logged); the runner owns the loops. This task's figure is
+the held-out loss: the mean over every target token of the split, whatever the batch size and the
+number of ranks. Before anything is loaded, ``check_inputs`` makes sure that every local file the
+run will read exists and every held-out split named in ``run:`` is configured, so that a wrong
+path stops the run in seconds, naming the key and the path, rather than after minutes of loading.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from minigpt4.common.checkpoint import resume_checkpoint
-from minigpt4.common.config import Config
+from minigpt4.common.config import Config, ConfigError
+from minigpt4.common.device import autocast, move_to_device
+from minigpt4.common.dist_utils import all_reduce
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders import build_datasets
 from minigpt4.models.blip2_hf import names_transformers_blip2
@@ -24,6 +31,7 @@ from minigpt4.models.checkpoint_files import SAFETENSORS_NAME
 from minigpt4.models.llm import llama_folder, require_llama_tokenizer
 from minigpt4.models.loaders import is_url
 from minigpt4.models.mini_gpt4 import REPO_ROOT
+from minigpt4.runners.memory import build_model_for_sharding, check_memory_options, shards_llm
 
 
 def _origin(cfg: Any, key: str) -> str:
@@ -75,6 +83,13 @@ class ImageTextPretrainTask:
             raise FileNotFoundError(f"model.prompt_path: '{prompt_path}' does not exist")
         if cfg.run_cfg.resume_ckpt_path:
             resume_checkpoint(cfg.run_cfg.resume_ckpt_path)
+        for key, splits in (("valid_splits", cfg.run_cfg.valid_splits), ("test_splits", cfg.run_cfg.test_splits)):
+            held_out = {split for dataset in cfg.datasets_cfg.values() for split in dataset.held_out} if splits else ()
+            if missing := [split for split in splits if split not in held_out]:
+                raise ConfigError(
+                    f"run.{key}: no dataset holds out a split {', '.join(map(repr, missing))}; "
+                    f"set datasets.cc_sbu_align.held_out.{missing[0]} (a fraction or image_ids)"
+                )
 
     def build_datasets(self, cfg: Any) -> dict[str, dict[str, Dataset]]:
         """``{name: {"train": dataset}}``; shard patterns that match nothing fail here."""
@@ -83,9 +98,52 @@ class ImageTextPretrainTask:
     def build_model(self, cfg: Any, device: torch.device | None = None) -> nn.Module:
         """The model, loaded; given the run's device, its ``auto`` precisions are chosen for that
         device (``run.device: cpu`` on a GPU machine computes in fp32) and it is returned there."""
-        return registry.get_model_class(cfg.model_cfg.arch).from_config(cfg.model_cfg, device)
+        model_cls = registry.get_model_class(cfg.model_cfg.arch)
+        check_memory_options(cfg.model_cfg, cfg.run_cfg)
+        if device is not None and shards_llm(cfg.run_cfg):
+            return build_model_for_sharding(model_cls, cfg.model_cfg, device)  # FSDP places the LLM
+        return model_cls.from_config(cfg.model_cfg, device)
 
     def train_step(self, model: nn.Module, samples: dict[str, Any]) -> dict[str, Any]:
         """The model's output for one batch: ``loss`` and the LLM token counts (``tokens``,
         ``padded_tokens``) that throughput is measured in."""
         return model(samples)
+
+    def valid_step(self, model: nn.Module, samples: dict[str, Any]) -> torch.Tensor:
+        """(loss summed over the batch's target tokens, their number, samples): a float64 device
+        tensor (3,). A batch without targets adds nothing; a non-finite loss stays non-finite."""
+        out = model(samples)
+        if "target_tokens" not in out:
+            raise TypeError(
+                f"{type(model).__name__} returns no target_tokens, which the held-out loss is averaged over"
+            )
+        loss = out["loss"].detach().double()
+        targets = torch.as_tensor(out["target_tokens"], dtype=torch.float64, device=loss.device)
+        loss_sum = torch.where(targets > 0, loss * targets, 0.0)
+        return torch.stack([loss_sum, targets, torch.tensor(float(samples["image"].shape[0]), device=loss.device)])
+
+    def evaluation(
+        self,
+        model: nn.Module,
+        data_loader: Iterable[dict[str, Any]],
+        *,
+        device: torch.device,
+        dtype: torch.dtype | None,
+    ) -> dict[str, float]:
+        """``valid_step`` over this rank's share of a split, under no_grad and the run's autocast,
+        summed over all ranks (one host read at the end): ``loss_sum``, ``target_tokens``, ``samples``."""
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            for samples in data_loader:
+                with autocast(device, dtype):
+                    totals += self.valid_step(model, move_to_device(samples, device))
+        loss_sum, targets, count = all_reduce(totals).tolist()
+        return {"loss_sum": loss_sum, "target_tokens": targets, "samples": count}
+
+    def after_evaluation(self, val_result: dict[str, float], split_name: str, epoch: int | None) -> dict[str, float]:
+        """The figures of a split: ``loss`` (per target token), ``samples``, and ``agg_metrics``,
+        the one the best checkpoint is chosen by (higher is better, as in LAVIS: minus the loss)."""
+        del split_name, epoch  # LAVIS's signature; the loss needs neither
+        targets = val_result["target_tokens"]
+        loss = val_result["loss_sum"] / targets if targets else math.nan
+        return {"loss": loss, "samples": int(val_result["samples"]), "agg_metrics": -loss}

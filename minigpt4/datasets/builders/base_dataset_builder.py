@@ -41,5 +41,17 @@ class BaseDatasetBuilder:
             return vis_processor, BaseProcessor()
         return vis_processor, registry.get_processor_class(text_entry.name).from_config(text_entry)
 
+    def eval_processor(self) -> BaseProcessor:
+        """The ``eval`` image processor of the held-out splits; when none is configured,
+        ``blip2_image_eval`` at the ``train`` processor's size and normalisation (no random crop)."""
+        entry = self.config.vis_processor.eval
+        if entry is None:
+            train = self.config.vis_processor.train
+            if train is None:
+                raise ValueError(f"datasets.{self.name}.vis_processor.train is not set; it decides the image size")
+            entry = {"image_size": train.image_size, "mean": train.mean, "std": train.std}
+            return registry.get_processor_class("blip2_image_eval").from_config(entry)
+        return registry.get_processor_class(entry.name).from_config(entry)
+
     def build_datasets(self) -> dict[str, Dataset]:
         raise NotImplementedError

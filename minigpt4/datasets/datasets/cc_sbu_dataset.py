@@ -9,9 +9,10 @@ and column) and one stat per listed image (missing or empty ones are refused, na
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,16 @@ class CCSBUAlignDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.annotation)
+
+    def subset(self, image_ids: Collection[Any], vis_processor: Callable[[Image.Image], Any] | None = None) -> Any:
+        """The annotations of ``image_ids`` only (a held-out split, or the training data without
+        them), read through ``vis_processor`` when given; ``image_id`` keeps the whole file's numbering."""
+        part = copy.copy(self)
+        keep = set(image_ids)
+        part.annotation = [ann for ann in self.annotation if ann["image_id"] in keep]
+        if vis_processor is not None:
+            part.vis_processor = vis_processor
+        return part
 
     def text_lengths(self) -> list[int]:
         """Each sample's caption length in characters, without opening an image (for

@@ -1,4 +1,5 @@
-"""Training batches from the built datasets: one DataLoader per dataset, mixed batch by batch.
+"""Training batches from the built datasets: one DataLoader per dataset, mixed batch by batch;
+and the batches of a held-out split, each sample once over the ranks (``build_eval_loader``).
 
 ``build_train_loader`` is what the runner calls. Each batch is
 ``{"image": tensor (B, 3, H, W), "text_input": list of B str}`` (map-style ``cc_sbu_align``
@@ -21,14 +22,15 @@ batches also carry ``image_id``, a tensor (B,)). Everything random here is seede
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset, default_collate
 
-from minigpt4.common.device import resolve_device
+from minigpt4.common.config import ConfigError
 from minigpt4.datasets.datasets.image_text_shards import STREAM_ERROR, ImageTextShards, name_id, stream_seed
 from minigpt4.datasets.datasets.length_grouping import LengthGroupedBatchSampler
 
@@ -153,17 +155,17 @@ def build_train_loader(
     world_size: int = 1,
     *,
     seed: int | None = None,
+    pin_memory: bool = False,
 ) -> MultiIterLoader:
     """An endless iterator of training batches.
 
     ``datasets`` is ``{name: {split: dataset}}`` as the builders return it; the splits in
     ``run.train_splits`` are used. From ``run_cfg`` it reads ``batch_size_train``, ``num_workers``,
-    ``train_splits``, ``length_grouping``, ``max_skip_fraction`` and ``device`` (memory is pinned only for an
-    accelerator). ``seed`` seeds every random draw of the stream (None: ``run.seed``); the runner
-    passes ``run.seed`` plus the global step the stream starts at, so that a resumed run reads the
-    batches the uninterrupted one read."""
+    ``train_splits``, ``length_grouping`` and ``max_skip_fraction``. ``seed`` seeds every random
+    draw of the stream (None: ``run.seed``); the runner passes ``run.seed`` plus the global step
+    the stream starts at, so that a resumed run reads the batches the uninterrupted one read.
+    ``pin_memory``: for an accelerator (the runner's device decides)."""
     seed = run_cfg.seed if seed is None else seed
-    pin_memory = resolve_device(run_cfg.device).type != "cpu"
     chosen = [
         (name, splits[split]) for name, splits in datasets.items() for split in run_cfg.train_splits if split in splits
     ]
@@ -174,3 +176,35 @@ def build_train_loader(
     ]
     ratios = [float(getattr(ds, "sample_ratio", 1.0)) for _, ds in chosen]
     return MultiIterLoader(loaders, ratios, seed=stream_seed(seed, rank, 2))
+
+
+def build_eval_loader(
+    datasets: Mapping[str, Mapping[str, Dataset]],
+    split: str,
+    run_cfg: Any,
+    rank: int = 0,
+    world_size: int = 1,
+    *,
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
+    """Every sample of ``split``, of each dataset that has it, exactly once over all ranks: rank
+    ``r`` reads samples ``r, r + world_size, ...`` in order, in batches of ``run.batch_size_eval``
+    (the last one smaller), with ``run.num_workers`` workers. Nothing in it is random."""
+    chosen = [(name, splits[split]) for name, splits in datasets.items() if split in splits]
+    if not chosen:
+        raise ConfigError(
+            f"run.valid_splits / test_splits: no dataset has a split '{split}' (its splits: "
+            f"{dict((name, sorted(splits)) for name, splits in datasets.items())}); "
+            f"datasets.cc_sbu_align.held_out.{split} holds one out"
+        )
+    loaders = []
+    for name, dataset in chosen:
+        if isinstance(dataset, IterableDataset):
+            raise TypeError(f"{name}: the held-out split '{split}' is a stream, which has no end to evaluate to")
+        shard = Subset(dataset, range(rank, len(dataset), world_size))
+        loaders.append(
+            DataLoader(
+                shard, batch_size=run_cfg.batch_size_eval, num_workers=run_cfg.num_workers, pin_memory=pin_memory
+            )
+        )
+    return itertools.chain.from_iterable(loaders)
