@@ -20,18 +20,19 @@ that photo below. The same ``--seed`` gives the same files.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import random
 import sys
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from skimage import data as skdata
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the package is one folder up
+
+from minigpt4.datasets.shard_writer import ShardSample, jpeg_bytes, write_img2dataset_shards
 
 
 @dataclass(frozen=True)
@@ -252,8 +253,6 @@ PHOTOS = (
     ),
 )
 
-SHARD_KEY_DIGITS = 4  # img2dataset's keys: 5-digit shard id then the index inside the shard
-
 
 def _load_photo(photo: Photo) -> Image.Image:
     pixels = getattr(skdata, photo.loader)()
@@ -288,18 +287,6 @@ def _fit(image: Image.Image, size: int, square: bool) -> Image.Image:
     return canvas
 
 
-def _jpeg(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    tar.addfile(info, io.BytesIO(payload))
-
-
 def _write_parquet(path: Path, records: list[dict]) -> bool:
     try:
         import pyarrow as pa
@@ -314,50 +301,18 @@ def write_shards(
     out: Path, photos: list[Image.Image], rng: random.Random, *, count: int, size: int, shard_size: int
 ) -> dict[str, int | bool]:
     """img2dataset's webdataset output with ``count`` samples in shards of ``shard_size``."""
-    out.mkdir(parents=True, exist_ok=True)
-    parquet = True
-    shards = 0
-    for shard_id, start in enumerate(range(0, count, shard_size)):
-        records = []
-        with tarfile.open(out / f"{shard_id:05d}.tar", "w") as tar:
-            for index in range(min(shard_size, count - start)):
-                photo_index = (start + index) % len(PHOTOS)
-                source = photos[photo_index]
-                image, variation = _vary(source, rng)
-                jpg = _jpeg(_fit(image, size, square=True))
-                key = f"{shard_id:05d}{index:0{SHARD_KEY_DIGITS}d}"
-                caption = rng.choice(PHOTOS[photo_index].captions)
-                record = {
-                    "url": f"skimage://{PHOTOS[photo_index].loader}?{variation}",
-                    "caption": caption,
-                    "key": key,
-                    "status": "success",
-                    "error_message": None,
-                    "width": size,
-                    "height": size,
-                    "original_width": image.width,
-                    "original_height": image.height,
-                    "exif": None,
-                    "sha256": hashlib.sha256(jpg).hexdigest(),
-                }
-                for extension, payload in (
-                    ("jpg", jpg),
-                    ("txt", caption.encode()),
-                    ("json", json.dumps(record).encode()),
-                ):
-                    _add_member(tar, f"{key}.{extension}", payload)
-                records.append(record)
-        stats = {
-            "count": len(records),
-            "successes": len(records),
-            "failed_to_download": 0,
-            "failed_to_resize": 0,
-            "status_dict": {"success": len(records)},
-        }
-        (out / f"{shard_id:05d}_stats.json").write_text(json.dumps(stats, indent=4))
-        parquet = _write_parquet(out / f"{shard_id:05d}.parquet", records) and parquet
-        shards += 1
-    return {"shards": shards, "samples": count, "parquet": parquet}
+
+    def sample(number: int, _key: str) -> ShardSample:
+        photo_index = number % len(PHOTOS)
+        image, variation = _vary(photos[photo_index], rng)
+        jpg = jpeg_bytes(_fit(image, size, square=True))
+        caption = rng.choice(PHOTOS[photo_index].captions)
+        url = f"skimage://{PHOTOS[photo_index].loader}?{variation}"
+        return ShardSample(jpg, caption, url, size=(size, size), original_size=image.size)
+
+    shards = write_img2dataset_shards(out, count, shard_size, sample)
+    written = [_write_parquet(out / f"{shard_id:05d}.parquet", records) for shard_id, records in enumerate(shards)]
+    return {"shards": len(shards), "samples": count, "parquet": all(written)}
 
 
 def write_align(out: Path, photos: list[Image.Image], count: int, size: int, rng: random.Random) -> dict[str, int]:
@@ -425,7 +380,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the package is one folder up
     from minigpt4.common.cli import run_main
 
     run_main(main, "dataset/make_synthetic.py")

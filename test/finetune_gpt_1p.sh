@@ -9,14 +9,7 @@
 # "summary: TokensPerSec=... samples/s=... step_time=...".
 set -euo pipefail
 
-NAME=finetune_gpt_1p
 : "${GPUS_PER_NODE:=1}" "${MASTER_PORT:=12346}"
 DEFAULT_CONFIG=train_configs/minigpt4_stage2_finetune.yaml
-: "${CONFIG:=$DEFAULT_CONFIG}"
-# The Ascend port's settings are meant for the full-size config; any other CONFIG (a tiny one)
-# trains as its YAML says unless OPTIONS is given.
-if [[ "$CONFIG" == "$DEFAULT_CONFIG" ]]; then
-    : "${OPTIONS=run.max_epoch=2 run.iters_per_epoch=240 run.batch_size_train=10 run.batch_size_eval=10}"
-fi
-: "${OPTIONS=}"
+DEFAULT_OPTIONS="run.max_epoch=2 run.iters_per_epoch=240 run.batch_size_train=10 run.batch_size_eval=10"
 source "$(dirname "$0")/launch_train.sh"

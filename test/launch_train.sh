@@ -1,11 +1,14 @@
 # Shared by pretrain_gpt_4p.sh and finetune_gpt_1p.sh (sourced, not run): launch train.py under
 # torchrun with the knobs below, tee the console to a log file, then print a summary line.
 #
-# Every knob is an environment variable; the calling script sets its own defaults first.
+# Every knob is an environment variable; the calling script sets its own defaults first, and
+# DEFAULT_CONFIG and DEFAULT_OPTIONS (the Ascend port's settings); the log file takes its name.
 #   GPUS_PER_NODE  processes (devices) per node        NNODES       nodes
 #   NODE_RANK      this node's rank (0 .. NNODES-1)    MASTER_ADDR  node 0's address
 #   MASTER_PORT    node 0's rendezvous port            CONFIG       the YAML config
-#   OPTIONS        run overrides passed as --options   DEVICE       run.device (cuda, npu, cpu, auto)
+#   OPTIONS        run overrides passed as --options; default: DEFAULT_OPTIONS with the default
+#                  CONFIG, none with any other (a tiny config trains as its YAML says)
+#   DEVICE         run.device (cuda, npu, cpu, auto)
 #   PYTHON         the interpreter (default: .venv/bin/python if present, else python)
 #   LOG_DIR        where the log file goes (output/logs); LOG_FILE names it outright
 #   ASCEND         1: source test/env_npu.sh; 0: do not; auto (default): when CANN is installed
@@ -13,11 +16,16 @@
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+: "${CONFIG:=$DEFAULT_CONFIG}"
+# The Ascend port's settings are meant for the full-size config.
+if [[ "$CONFIG" == "$DEFAULT_CONFIG" ]]; then : "${OPTIONS=$DEFAULT_OPTIONS}"; fi
+: "${OPTIONS=}"
 : "${NNODES:=1}" "${NODE_RANK:=0}" "${MASTER_ADDR:=localhost}" "${DEVICE:=auto}" "${ASCEND:=auto}"
 : "${LOG_DIR:=output/logs}"
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
 fi
+NAME=$(basename "$0" .sh)
 : "${LOG_FILE:=${LOG_DIR}/${NAME}_$(date +%Y%m%d_%H%M%S)_node${NODE_RANK}.log}"
 
 if [[ "$ASCEND" == auto ]]; then

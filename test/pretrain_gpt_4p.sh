@@ -12,14 +12,7 @@
 # "summary: TokensPerSec=... samples/s=... step_time=...".
 set -euo pipefail
 
-NAME=pretrain_gpt_4p
 : "${GPUS_PER_NODE:=4}" "${MASTER_PORT:=12345}"
 DEFAULT_CONFIG=train_configs/minigpt4_stage1_pretrain.yaml
-: "${CONFIG:=$DEFAULT_CONFIG}"
-# The Ascend port's settings are meant for the full-size config; any other CONFIG (a tiny one)
-# trains as its YAML says unless OPTIONS is given.
-if [[ "$CONFIG" == "$DEFAULT_CONFIG" ]]; then
-    : "${OPTIONS=run.max_epoch=4 run.iters_per_epoch=8000 run.batch_size_train=40 run.batch_size_eval=40}"
-fi
-: "${OPTIONS=}"
+DEFAULT_OPTIONS="run.max_epoch=4 run.iters_per_epoch=8000 run.batch_size_train=40 run.batch_size_eval=40"
 source "$(dirname "$0")/launch_train.sh"

@@ -30,7 +30,6 @@ Q-Former sees onto what the LLM already reads. The same ``--seed`` gives the sam
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -38,7 +37,6 @@ import math
 import multiprocessing
 import random
 import sys
-import tarfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
@@ -55,6 +53,7 @@ sys.path.insert(0, str(REPO))  # run as a script, the repository root is not on 
 
 from minigpt4.common.schema import QFormerArch, VitArch  # noqa: E402
 from minigpt4.conversation.conversation import CONV_VISION, IMAGE_MESSAGE  # noqa: E402
+from minigpt4.datasets.shard_writer import ShardSample, jpeg_bytes, write_img2dataset_shards  # noqa: E402
 from minigpt4.evaluation.labels import named_values  # noqa: E402
 from minigpt4.models.eva_vit import build_eva_vit  # noqa: E402
 from minigpt4.models.llm import load_llama_tokenizer  # noqa: E402
@@ -181,20 +180,8 @@ def render(thing: Thing, rng: random.Random) -> Image.Image:
         arm = radius * 0.32
         draw.rectangle((cx - radius, cy - arm, cx + radius, cy + arm), fill=fill)
         draw.rectangle((cx - arm, cy - radius, cx + arm, cy + radius), fill=fill)
-    with Image.open(io.BytesIO(_jpeg(image))) as decoded:
+    with Image.open(io.BytesIO(jpeg_bytes(image))) as decoded:
         return decoded.convert("RGB")
-
-
-def _jpeg(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    tar.addfile(info, io.BytesIO(payload))
 
 
 # --- the data ------------------------------------------------------------------------------------
@@ -220,37 +207,14 @@ class WorldSizes:
 
 def write_shards(out: Path, count: int, shard_size: int, rng: random.Random, name: str) -> None:
     """img2dataset's webdataset output: ``count`` captioned images in shards of ``shard_size``."""
-    out.mkdir(parents=True, exist_ok=True)
-    for shard_id, start in enumerate(range(0, count, shard_size)):
-        samples = min(shard_size, count - start)
-        with tarfile.open(out / f"{shard_id:05d}.tar", "w") as tar:
-            for index in range(samples):
-                thing = sample_thing(rng)
-                jpg = _jpeg(render(thing, rng))
-                key = f"{shard_id:05d}{index:04d}"
-                caption = thing.caption(rng)
-                record = {
-                    "url": f"world://{name}/{key}",
-                    "caption": caption,
-                    "key": key,
-                    "status": "success",
-                    "error_message": None,
-                    "width": RENDER_SIZE,
-                    "height": RENDER_SIZE,
-                    "original_width": RENDER_SIZE,
-                    "original_height": RENDER_SIZE,
-                    "exif": None,
-                    "sha256": hashlib.sha256(jpg).hexdigest(),
-                }
-                for extension, payload in (
-                    ("jpg", jpg),
-                    ("txt", caption.encode()),
-                    ("json", json.dumps(record).encode()),
-                ):
-                    _add_member(tar, f"{key}.{extension}", payload)
-        stats = {"count": samples, "successes": samples, "failed_to_download": 0, "failed_to_resize": 0,
-                 "status_dict": {"success": samples}}  # fmt: skip
-        (out / f"{shard_id:05d}_stats.json").write_text(json.dumps(stats, indent=4))
+
+    def sample(_number: int, key: str) -> ShardSample:
+        thing = sample_thing(rng)
+        jpg = jpeg_bytes(render(thing, rng))
+        side = (RENDER_SIZE, RENDER_SIZE)
+        return ShardSample(jpg, thing.caption(rng), f"world://{name}/{key}", size=side, original_size=side)
+
+    write_img2dataset_shards(out, count, shard_size, sample)
 
 
 def write_described(out: Path, count: int, rng: random.Random, with_attributes: bool) -> None:

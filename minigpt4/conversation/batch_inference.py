@@ -164,6 +164,27 @@ def open_output(path: str) -> Iterator[TextIO]:
             Path(path).unlink()
 
 
+# The Decoding fields the command line sets, as --max-new-tokens and so on, with their help
+# ("{}" stands for Decoding's default). A bool field is a switch that is off unless given.
+DECODING_OPTIONS = {
+    "max_new_tokens": "the longest answer, in tokens (default: {})",
+    "max_length": "context plus answer, in tokens; the prompt gets what the answer leaves (default: {})",
+    "num_beams": "beam search width; 1 decodes one token at a time (default: {})",
+    "do_sample": "sample as the demo does (default: greedy)",
+    "temperature": "sampling temperature, with --do-sample (default: {})",
+    "top_p": "nucleus sampling mass, with --do-sample (default: {})",
+}
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    for name, help_text in DECODING_OPTIONS.items():
+        flag, default = "--" + name.replace("_", "-"), getattr(Decoding, name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=help_text.format(default))
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Answer questions about many images; write JSONL.")
     add_model_arguments(parser, default_device="auto")
@@ -171,37 +192,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--question", help="the question for every image (or the default for JSONL lines)")
     parser.add_argument("--output", default="-", help="the JSONL file to write (default: standard output)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs answered together (default: 8)")
-    parser.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=Decoding.max_new_tokens,
-        help=f"the longest answer, in tokens (default: {Decoding.max_new_tokens})",
-    )
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        default=Decoding.max_length,
-        help=f"context plus answer, in tokens; the prompt gets what the answer leaves (default: {Decoding.max_length})",
-    )
-    parser.add_argument(
-        "--num-beams",
-        type=int,
-        default=Decoding.num_beams,
-        help=f"beam search width; 1 decodes one token at a time (default: {Decoding.num_beams})",
-    )
-    parser.add_argument("--do-sample", action="store_true", help="sample as the demo does (default: greedy)")
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        default=Decoding.temperature,
-        help=f"sampling temperature, with --do-sample (default: {Decoding.temperature})",
-    )
-    parser.add_argument(
-        "--top-p",
-        type=float,
-        default=Decoding.top_p,
-        help=f"nucleus sampling mass, with --do-sample (default: {Decoding.top_p})",
-    )
+    add_decoding_arguments(parser)
     parser.add_argument("--seed", type=int, default=42, help="seeds the sampling, with --do-sample (default: 42)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -218,14 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     outputs = ExitStack()
     try:
         requests = read_requests(args.input, args.question)
-        decoding = Decoding(
-            max_new_tokens=args.max_new_tokens,
-            max_length=args.max_length,
-            num_beams=args.num_beams,
-            do_sample=args.do_sample,
-            temperature=args.temperature,
-            top_p=args.top_p,
-        )
+        decoding = Decoding(**{name: getattr(args, name) for name in DECODING_OPTIONS})
         # Opened before the model loads: an unwritable output fails at once, not after the load.
         out = outputs.enter_context(open_output(args.output))
     except ValueError as err:
