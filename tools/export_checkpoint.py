@@ -18,6 +18,18 @@ import logging
 import sys
 from pathlib import Path
 
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a MiniGPT-4 checkpoint .pth (a run's checkpoint_N.pth)")
+    parser.add_argument("out_dir", type=Path, help="folder to write model.safetensors and minigpt4_checkpoint.json")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and a bad option answer before torch and the model code load
+
+# ruff: noqa: E402 (the heavy imports come after that early parse on purpose)
 # Run as ``python tools/export_checkpoint.py``, the repository root is not on the import path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -60,10 +72,7 @@ def export(source: Path, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a MiniGPT-4 checkpoint .pth (a run's checkpoint_N.pth)")
-    parser.add_argument("out_dir", type=Path, help="folder to write model.safetensors and minigpt4_checkpoint.json")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     setup_logger()
     try:
         export(args.checkpoint, args.out_dir)
