@@ -117,9 +117,10 @@ def test_check_state_dict_lists_what_is_wrong():
 
 def test_eva_blocks_beyond_the_depth_are_ignored(golden_dir: Path, caplog):
     vit = build_golden(golden_dir).visual_encoder
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG):
         load_eva_vit(vit, golden_dir / "eva_vit_tiny.pth")
-    assert "ignoring 13 keys the model does not use (blocks beyond the model's depth 2: blocks.2." in caplog.text
+    assert "ignoring 13 keys the model does not use (blocks beyond the model's depth 2: 13)" in caplog.text
+    assert "the ignored keys, by reason: blocks beyond the model's depth 2: blocks.2." in caplog.text
     file = torch.load(golden_dir / "eva_vit_tiny.pth", weights_only=True)
     for key, value in vit.state_dict().items():
         assert torch.equal(value, file[key]), key
