@@ -161,6 +161,7 @@ def script(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT)
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_processes_print_one_line_and_give_the_traceback_on_request(bad_files):
     bad = str(bad_files / "bad.yaml")
     done = script("train.py", "--cfg-path", bad)
@@ -179,6 +180,7 @@ def test_processes_print_one_line_and_give_the_traceback_on_request(bad_files):
     assert line.startswith(f"dataset/make_synthetic.py: {bad_files / 'file'}/") and line.endswith(": Not a directory")
 
 
+@pytest.mark.slow
 def test_inference_refuses_an_unwritable_output_before_the_model_loads(eval_cfg, photo_list, bad_files):
     output = bad_files / "file" / "answers.jsonl"  # under a plain file
     inputs = ["--input", photo_list, "--question", "q", "--output", str(output)]
@@ -206,6 +208,7 @@ THREADS = (
 )
 
 
+@pytest.mark.slow
 def test_cpu_processes_share_the_cores_and_an_explicit_count_wins():
     """As train.py (and through init_device, inference, the demo and the benchmark) set up a CPU."""
     cores = len(os.sched_getaffinity(0))

@@ -126,6 +126,7 @@ def test_eva_blocks_beyond_the_depth_are_ignored(golden_dir: Path, caplog):
         assert torch.equal(value, file[key]), key
 
 
+@pytest.mark.slow
 def test_eva_too_shallow_or_other_sizes_fail_in_words(golden_dir: Path, tmp_path: Path):
     deeper = build_golden(golden_dir, vit_arch={"depth": 4}).visual_encoder
     with pytest.raises(WeightLoadError, match=r"missing .*blocks\.3\.attn\.proj\.bias"):
@@ -143,6 +144,7 @@ def test_eva_too_shallow_or_other_sizes_fail_in_words(golden_dir: Path, tmp_path
         load_eva_vit(narrow, golden_dir / "blip2_tiny.pth")
 
 
+@pytest.mark.slow
 def test_pos_embed_is_interpolated_from_another_image_size(golden_dir: Path, tmp_path: Path, caplog):
     """An eva file trained at 28 px (2x2 patches) loaded into a 56 px model (4x4 patches)."""
     small = make_tiny_weights(tmp_path, TinySpec(image_size=28))

@@ -20,6 +20,7 @@ print("2026-12-02 03:37:13,362 [INFO] train: step=10/120 epoch=0 iter=10/60 loss
 
 def test_a_stage_is_echoed_short_and_logged_whole(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(quickstart, "LOG_DIR", tmp_path)
+    monkeypatch.setattr(quickstart.logger, "disabled", True)  # its own line goes wherever logging is set up
     output_dir, steps = quickstart.run_stage("stage1", [sys.executable, "-c", CHILD])
     assert str(output_dir) == "/tmp/run/20261202033709"
     assert steps == [steps[0]] and "grad_norm=2.9396" in steps[0] and "data_time" in steps[0]
