@@ -27,7 +27,7 @@ $(STAMP): requirements.txt requirements-dev.txt tools/torchvision_fix.py
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-# The inner loop (about a minute on 2 cores): the suite without the slow tests (subprocess runs of the
+# The inner loop (under a minute on 2 cores): the suite without the slow tests (subprocess runs of the
 # scripts, training runs, full-size builds, the tiny world), torchrun jobs and the browser (pyproject.toml's markers).
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not dist and not browser"
