@@ -27,7 +27,8 @@ $(STAMP): requirements.txt requirements-dev.txt tools/torchvision_fix.py
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-# The inner loop: the tests that start no torchrun job and drive no browser (pyproject.toml's markers).
+# The inner loop (under a minute on 2 cores): the suite without the slow tests (subprocess runs of the
+# scripts, training runs, full-size builds, the tiny world), torchrun jobs and the browser (pyproject.toml's markers).
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not dist and not browser"
 

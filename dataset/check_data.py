@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import braceexpand
-import webdataset as wds
 from PIL import Image
 
 EXAMPLES_SHOWN = 10
@@ -95,6 +94,8 @@ def _expected_count(url: str) -> int | None:
 
 
 def check_shard(url: str, report: Report) -> None:
+    import webdataset as wds  # imports torch: here, so that --help answers at once
+
     count, broken_before = 0, report.problems["broken shard"]
 
     def broken(exn: Exception) -> bool:

@@ -46,7 +46,29 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script, the repository root is not on the import path
 sys.path.insert(0, str(REPO / "tools"))
 
-import torch  # noqa: E402
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--dir", type=Path, required=True, help="scratch folder for the ~16 GB of weights")
+    parser.add_argument("--keep", action="store_true", help="keep the files (and reuse them on the next run)")
+    parser.add_argument("--demo", action="store_true", help="also time the demo's start-up (build_chat)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the timed process")
+    parser.add_argument("--llm-precision", default="fp16", help="model.llm_precision (default fp16)")
+    parser.add_argument("--vit-precision", default="fp16", help="model.vit_precision (default fp16)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--llm-layers", type=int, default=32, help="layers of the Vicuna folder (32: 7B; fewer for a trial run)"
+    )
+    parser.add_argument("--measure", choices=("from_config", "demo"), help=argparse.SUPPRESS)
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and a bad option answer before torch loads
+
+# ruff: noqa: E402 (the heavy imports come after that early parse on purpose)
+import torch
 
 logger = logging.getLogger("benchmark_loading")
 
@@ -344,19 +366,7 @@ def run_child(out: Path, path: str, args: argparse.Namespace) -> dict[str, objec
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--dir", type=Path, required=True, help="scratch folder for the ~16 GB of weights")
-    parser.add_argument("--keep", action="store_true", help="keep the files (and reuse them on the next run)")
-    parser.add_argument("--demo", action="store_true", help="also time the demo's start-up (build_chat)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the timed process")
-    parser.add_argument("--llm-precision", default="fp16", help="model.llm_precision (default fp16)")
-    parser.add_argument("--vit-precision", default="fp16", help="model.vit_precision (default fp16)")
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument(
-        "--llm-layers", type=int, default=32, help="layers of the Vicuna folder (32: 7B; fewer for a trial run)"
-    )
-    parser.add_argument("--measure", choices=("from_config", "demo"), help=argparse.SUPPRESS)
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.measure:

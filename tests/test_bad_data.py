@@ -75,6 +75,7 @@ def line_with(text: str, stderr: str) -> str:
     return line
 
 
+@pytest.mark.slow
 def test_an_empty_tar_stops_stage1_within_seconds(tmp_path):
     empty = write_shard(tmp_path / "laion" / "00000.tar", [])
     result, seconds = stage1(tmp_path, empty.parent)
@@ -87,6 +88,7 @@ def test_an_empty_tar_stops_stage1_within_seconds(tmp_path):
     assert len(result.stderr) < BOUNDED_LOG and seconds < 60, (seconds, result.stderr[-2000:])
 
 
+@pytest.mark.slow
 def test_a_shard_of_corrupt_images_stops_stage1_within_seconds(tmp_path):
     corrupt = [(key, {**files, "jpg": b"\xff\xd8 not a jpeg"}) for key, files in tiny_samples()]
     shard = write_shard(tmp_path / "laion" / "00000.tar", corrupt)
@@ -101,6 +103,7 @@ def test_a_shard_of_corrupt_images_stops_stage1_within_seconds(tmp_path):
     assert len(result.stderr) < BOUNDED_LOG and seconds < 60, (seconds, result.stderr[-2000:])
 
 
+@pytest.mark.slow
 def test_a_few_samples_without_json_are_skipped_and_counted(tmp_path):
     samples = tiny_samples()
     # Mid-shard, after good samples: one without its json, one whose json has no caption.
@@ -128,6 +131,7 @@ def stage2(tmp_path: Path, folder: Path) -> subprocess.CompletedProcess:
     return train(tmp_path, STAGE2_TINY, ("cc_sbu_align",), f"datasets.cc_sbu_align.build_info.storage={folder}")
 
 
+@pytest.mark.slow
 def test_stage2_refuses_missing_images_before_training(tmp_path):
     folder = align_copy(tmp_path)
     (folder / "image" / "3.jpg").unlink()
@@ -140,6 +144,7 @@ def test_stage2_refuses_missing_images_before_training(tmp_path):
     assert "Start training" not in result.stderr and "train: step=" not in result.stderr
 
 
+@pytest.mark.slow
 def test_stage2_names_the_line_of_bad_json_and_explains_a_bare_list(tmp_path):
     folder = align_copy(tmp_path)
     annotations = json.loads((folder / "filter_cap.json").read_text())["annotations"]

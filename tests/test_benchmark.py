@@ -56,6 +56,7 @@ def run_tiny(tmp_path: Path, stage: int, *extra: str) -> tuple[dict, dict]:
     return result, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2])
 def test_tiny_cpu_run_reports_consistent_figures(tmp_path, capsys, one_thread, stage):
     result, written = run_tiny(tmp_path, stage)
@@ -100,12 +101,14 @@ def test_tiny_cpu_run_reports_consistent_figures(tmp_path, capsys, one_thread, s
     assert f"TokensPerSec={r['TokensPerSec']:.1f} " in line and "mfu=n/a" in line
 
 
+@pytest.mark.slow
 def test_peak_given_by_hand_gives_mfu(tmp_path, one_thread):
     r, _ = run_tiny(tmp_path, 1, "--peak-tflops", "0.5", "--batch-size", "4")
     assert r["batch_size"] == 4 and r["peak_tflops"] == 0.5
     assert r["mfu"] == pytest.approx(r["flops_per_step"] / r["median_step_time"] / 0.5e12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2])
 def test_length_grouping_cuts_padded_tokens_not_real_ones(tmp_path, one_thread, stage):
     # The same captions (one pool of 4 batches, each timed once), batched as drawn or by length.
@@ -147,6 +150,7 @@ def build_meta(tmp_path_factory, size: str):
     return bench.build_model(size, model_cfg, tokenizer, torch.device("meta"), torch.bfloat16)
 
 
+@pytest.mark.slow
 def test_full_size_7b_builds_on_meta_with_the_documented_flop_counts(tmp_path_factory):
     model = build_meta(tmp_path_factory, "7b")
     fm = model.flop_model()
@@ -178,6 +182,7 @@ def test_the_parser_offers_exactly_the_sizes_and_stages_the_benchmark_knows():
         bench.parse_args(["--size", "3b"])
 
 
+@pytest.mark.slow
 def test_full_size_13b_llm_shape(tmp_path_factory):
     fm = build_meta(tmp_path_factory, "13b").flop_model()
     assert fm.llm_matmul_params == LLAMA_13B_MATMUL == 12_851_609_600
@@ -185,6 +190,7 @@ def test_full_size_13b_llm_shape(tmp_path_factory):
     assert fm.vit_matmul_params == VIT_G_MATMUL
 
 
+@pytest.mark.slow
 def test_table_script_runs_each_variant_and_prints_the_readme_rows(tmp_path):
     env = {
         **os.environ,
@@ -204,6 +210,7 @@ def test_table_script_runs_each_variant_and_prints_the_readme_rows(tmp_path):
     assert f"{grouped['TokensPerSec']:,.0f} real" in rows[1]
 
 
+@pytest.mark.slow
 def test_profile_writes_a_trace_and_counts_reads_per_step(tmp_path, one_thread):
     r, _ = run_tiny(tmp_path, 1, "--batch-size", "4", "--profile", str(tmp_path / "profile"))
     profile = r["profile"]
@@ -228,6 +235,7 @@ def test_compiled_layers_compute_the_eager_loss(tmp_path, one_thread):
     assert compiled["tokens_per_step"] == eager["tokens_per_step"]
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_computes_the_plain_loss(tmp_path, one_thread):
     steps = ("--batch-size", "4", "--steps", "1", "--warmup", "1")
     plain, _ = run_tiny(tmp_path, 1, *steps)
@@ -238,6 +246,7 @@ def test_activation_checkpointing_computes_the_plain_loss(tmp_path, one_thread):
     assert checkpointed["tokens_per_step"] == plain["tokens_per_step"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grouping", [0, 2])
 def test_dataloader_benchmark_reports_each_worker_count(capsys, one_thread, grouping):
     loader_bench = load_script(BENCHMARK.parent / "benchmark_dataloader.py", "minigpt4_benchmark_dataloader")

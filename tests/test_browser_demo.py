@@ -1,13 +1,17 @@
-"""The demo in a real browser: headless Chromium (Debian's) driven through Playwright."""
+"""The demo in a real browser: headless Chromium (Debian's) driven through Playwright, on the golden
+model (every control of the page) and on the tiny world with its projection trained (a held-out
+image's answer names what the image shows)."""
 
 from __future__ import annotations
 
 import pytest
 from PIL import Image, ImageStat
+from world_model import EVAL, trained_world
 
 from minigpt4.conversation.demo_app import MSG_CHOOSE_IMAGE, MSG_EMPTY, UPLOAD_LABEL, build_demo
 from tests.conftest import chromium_path
 from tests.golden_model import build_golden_chat
+from tools.tiny_world import names_right
 
 pytestmark = pytest.mark.browser
 
@@ -21,15 +25,30 @@ CHROMIUM_FLAGS = [
     "--no-first-run",
 ]
 TIMEOUT_MS = 60_000
+QUESTION = "Describe this image in detail."
+
+
+def serve(chat, max_new_tokens: int):
+    demo = build_demo(chat, max_new_tokens=max_new_tokens)
+    demo.queue().launch(server_name="127.0.0.1", prevent_thread_lock=True, share=False, quiet=True)
+    return demo
 
 
 @pytest.fixture(scope="module")
 def demo_url(golden_dir):
-    chat = build_golden_chat(golden_dir)
-    demo = build_demo(chat, max_new_tokens=16)
-    demo.queue().launch(server_name="127.0.0.1", prevent_thread_lock=True, share=False, quiet=True)
+    demo = serve(build_golden_chat(golden_dir), max_new_tokens=16)
     yield demo.local_url
     demo.close()
+
+
+def open_browser(playwright, profile):
+    return playwright.chromium.launch_persistent_context(
+        profile,
+        executable_path=chromium_path(),
+        headless=True,
+        args=CHROMIUM_FLAGS,
+        viewport={"width": 1280, "height": 900},
+    )
 
 
 def test_upload_ask_answer_restart(demo_url, golden_dir, tmp_path):
@@ -37,13 +56,7 @@ def test_upload_ask_answer_restart(demo_url, golden_dir, tmp_path):
 
     expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            tmp_path / "profile",
-            executable_path=chromium_path(),
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 900},
-        )
+        browser = open_browser(playwright, tmp_path / "profile")
         try:
             page = browser.new_page()
             page.set_default_timeout(TIMEOUT_MS)
@@ -99,3 +112,60 @@ def test_upload_ask_answer_restart(demo_url, golden_dir, tmp_path):
         # a rendered page with a photo in it, not a blank or single-colour frame
         assert max(high - low for low, high in image.convert("RGB").getextrema()) > 200
         assert min(ImageStat.Stat(image.convert("L")).stddev) > 20
+
+
+@pytest.mark.slow
+def test_the_trained_world_names_a_held_out_image_uploaded_in_the_browser(tmp_path):
+    """The reduced tiny world (tests/world_model.py) with its trained projection, served by the demo:
+    a held-out image uploaded in the page, at the lowest temperature the page offers, gets an answer
+    that names the image's colour (what the reduced world's vision side sees; its shape as well where
+    Chat's greedy answer names it) and no other."""
+    import torch
+    from playwright.sync_api import expect, sync_playwright
+
+    from minigpt4.conversation.launch import build_chat
+
+    world = trained_world()
+    chat = build_chat(str(EVAL), world.eval_options(), torch.device("cpu"))
+    heldout = world.heldout()[:20]
+    greedy = chat.answer_batch([str(path) for path, _, _ in heldout], [QUESTION] * len(heldout), max_new_tokens=60,
+                               do_sample=False)  # fmt: skip
+    # The image to upload: one whose colour and shape the greedy answer names, else its colour.
+    picks = [
+        (path, thing, attributes)
+        for attributes in (("colour", "shape"), ("colour",))
+        for (path, thing, _), answer in zip(heldout, greedy, strict=True)
+        if names_right(answer, thing, attributes)
+    ]
+    assert picks, f"the trained projection names no held-out colour: {greedy}"
+    path, thing, attributes = picks[0]
+
+    demo = serve(chat, max_new_tokens=60)
+    expect.set_options(timeout=TIMEOUT_MS)
+    try:
+        with sync_playwright() as playwright:
+            browser = open_browser(playwright, tmp_path / "profile")
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(TIMEOUT_MS)
+                page.goto(demo.local_url, wait_until="load")
+                temperature = page.get_by_label("number input for Temperature")
+                temperature.fill("0.1")
+                temperature.press("Enter")
+                page.locator("#image input[type=file]").set_input_files(path)
+                expect(page.locator("#image img")).to_be_visible()
+                page.locator("#upload").click()
+                question = page.locator("#question textarea")
+                expect(question).to_be_enabled()
+                question.fill(QUESTION)
+                question.press("Enter")
+                answers = page.locator('#chatbot [data-testid="bot"]')
+                expect(answers).to_have_count(1)
+                # The world's descriptions end with the background; the answer is complete by then.
+                expect(answers.first).to_contain_text("background.")
+                answer = answers.first.inner_text()
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+    assert names_right(answer, thing, attributes), f"{path.name} shows {thing}; the page answered {answer!r}"

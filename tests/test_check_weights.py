@@ -38,6 +38,7 @@ def failures(output: str) -> list[str]:
     return [line.removeprefix("FAIL ") for line in output.splitlines() if line.startswith("FAIL ")]
 
 
+@pytest.mark.slow
 def test_the_tiny_assets_pass_and_every_file_is_in_the_table(weights: Path):
     # the real entry point, as a user runs it
     result = subprocess.run(

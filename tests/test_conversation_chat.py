@@ -56,6 +56,7 @@ def test_context_embeddings_match_golden(chat, expected, golden_dir):
         chat.get_context_emb(conv, img_list * 2)
 
 
+@pytest.mark.slow
 def test_upload_accepts_path_pil_and_tensor(chat, golden_dir, tmp_path):
     path = golden_dir / "chelsea.jpg"
     pil = Image.open(path)
@@ -86,6 +87,7 @@ def test_answer_greedy_is_deterministic_and_stored(chat, golden_dir):
     assert answers[0] == answers[1]
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_differs_from_greedy(chat, golden_dir):
     runs = []
     for _ in range(2):
@@ -96,6 +98,7 @@ def test_sampling_is_seeded_and_differs_from_greedy(chat, golden_dir):
     assert runs[0] == runs[1] != chat.answer(conv, img_list, **GREEDY)[1].tolist()
 
 
+@pytest.mark.slow
 def test_long_context_is_truncated_on_the_left(chat, golden_dir, caplog):
     conv, img_list = start(chat, golden_dir / "astronaut.jpg")
     settings = {"max_new_tokens": 10, "max_length": 50, "do_sample": False}
@@ -145,6 +148,7 @@ def test_closing_a_stream_stops_generation(chat, golden_dir):
     assert not any(t.name == "chat-generate" for t in threading.enumerate())
 
 
+@pytest.mark.slow
 def test_batch_equals_one_by_one_with_greedy(chat, golden_dir):
     images = [golden_dir / "astronaut.jpg", golden_dir / "chelsea.jpg", golden_dir / "chelsea.jpg"]
     questions = [QUESTION, "Describe the animal in this picture in a few words please.", "Colour?"]

@@ -161,6 +161,7 @@ def script(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT)
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_processes_print_one_line_and_give_the_traceback_on_request(bad_files):
     bad = str(bad_files / "bad.yaml")
     done = script("train.py", "--cfg-path", bad)
@@ -179,6 +180,7 @@ def test_processes_print_one_line_and_give_the_traceback_on_request(bad_files):
     assert line.startswith(f"dataset/make_synthetic.py: {bad_files / 'file'}/") and line.endswith(": Not a directory")
 
 
+@pytest.mark.slow
 def test_inference_refuses_an_unwritable_output_before_the_model_loads(eval_cfg, photo_list, bad_files):
     output = bad_files / "file" / "answers.jsonl"  # under a plain file
     inputs = ["--input", photo_list, "--question", "q", "--output", str(output)]
@@ -206,6 +208,7 @@ THREADS = (
 )
 
 
+@pytest.mark.slow
 def test_cpu_processes_share_the_cores_and_an_explicit_count_wins():
     """As train.py (and through init_device, inference, the demo and the benchmark) set up a CPU."""
     cores = len(os.sched_getaffinity(0))
@@ -216,40 +219,49 @@ def test_cpu_processes_share_the_cores_and_an_explicit_count_wins():
     assert int(explicit.stdout) == 3
 
 
-# Entry points whose --help must answer without importing torch (about a second).
-FAST_HELP = (
-    "train.py",
-    "demo.py",
-    "inference.py",
-    "evaluate.py",
-    "test/benchmark.py",
-    "test/benchmark_dataloader.py",
-    "tools/make_tiny_weights.py",
-    "tools/quickstart.py",
-    "tools/torchvision_fix.py",
-    "dataset/convert_cc_sbu.py",
-    "dataset/convert_laion.py",
-    "dataset/json_to_tsv.py",
-    "dataset/make_synthetic.py",
+# Every entry point: its --help must answer without importing torch (about a second) and give every
+# option a line of help.
+ENTRY_POINTS = tuple(
+    str(path.relative_to(REPO_ROOT))
+    for pattern in ("*.py", "dataset/*.py", "tools/*.py", "test/benchmark*.py")
+    for path in sorted(REPO_ROOT.glob(pattern))
 )
 HELP_PROBE = """
-import os, runpy, sys
+import argparse, os, runpy, sys
 script = sys.argv[1]
 sys.argv = [script, "--help"]
 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python script` does
+parsers = []
+parse_known_args = argparse.ArgumentParser.parse_known_args
+def recording(self, *args, **kwargs):
+    parsers.append(self)
+    return parse_known_args(self, *args, **kwargs)
+argparse.ArgumentParser.parse_known_args = recording
 try:
     runpy.run_path(script, run_name="__main__")
 except SystemExit as ended:
     assert ended.code in (0, None), ended.code
+for parser in parsers:
+    for action in parser._actions:
+        if not (action.help or "").strip():
+            print("NO_HELP", "/".join(action.option_strings) or action.dest)
 print("TORCH_LOADED" if "torch" in sys.modules else "TORCH_NOT_LOADED")
 """
 
 
-@pytest.mark.parametrize("script", FAST_HELP)
-def test_help_answers_without_loading_torch(script):
+def test_the_entry_points_are_all_there():
+    assert {"train.py", "demo.py", "inference.py", "tools/check_weights.py", "dataset/check_data.py"} <= set(
+        ENTRY_POINTS
+    )
+    assert "test/benchmark_loading.py" in ENTRY_POINTS
+
+
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_help_answers_without_loading_torch_and_explains_every_option(script):
     result = subprocess.run(
         [sys.executable, "-c", HELP_PROBE, script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout and "--help" in result.stdout, result.stdout
     assert result.stdout.rstrip().endswith("TORCH_NOT_LOADED"), f"{script} --help imported torch"
+    assert "NO_HELP" not in result.stdout, f"options of {script} without help text: {result.stdout}"

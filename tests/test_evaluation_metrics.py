@@ -143,6 +143,7 @@ def test_caption_scores_missing_without_pycocoevalcap(monkeypatch, tmp_path):
     assert result["scores"] == {} and "java" in result["missing"]["CIDEr"]
 
 
+@pytest.mark.slow
 def test_caption_scores_with_pycocoevalcap():
     pytest.importorskip("pycocoevalcap")
     if captions.missing_requirements():

@@ -93,6 +93,7 @@ def test_a_folder_without_an_export_is_named(golden_dir: Path, tmp_path: Path):
         build_golden_model(golden_dir, ckpt=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_entry_point_help_and_bad_input(tmp_path: Path, capsys):
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=120)

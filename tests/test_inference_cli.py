@@ -64,6 +64,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_folder_in_batches_equals_one_by_one(cfg_path, photos, expected_answers, tmp_path):
     out = tmp_path / "answers.jsonl"
     argv = ["--cfg-path", cfg_path, "--input", str(photos), "--question", QUESTION, "--batch-size", "2", *COMMON]
@@ -131,6 +132,7 @@ def test_too_many_new_tokens_for_the_llm_is_refused_before_any_output(cfg_path, 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_command_line(cfg_path, photos, expected_answers, tmp_path):
     out = tmp_path / "cli.jsonl"
     command = [sys.executable, "inference.py", "--cfg-path", cfg_path, "--input", str(photos), "--question", QUESTION]

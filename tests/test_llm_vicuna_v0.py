@@ -99,6 +99,7 @@ def train_one_step(folder: Path, tmp_path: Path, monkeypatch) -> tuple[float, ob
     return record["loss"], llama
 
 
+@pytest.mark.slow
 def test_the_v0_folder_trains_like_its_twin_with_one_warning(folders, tmp_path, monkeypatch, caplog):
     v0, twin = folders
     caplog.set_level(logging.WARNING)
@@ -114,6 +115,7 @@ def test_the_v0_folder_trains_like_its_twin_with_one_warning(folders, tmp_path, 
     assert math.isfinite(v0_loss) and v0_loss == twin_loss
 
 
+@pytest.mark.slow
 def test_chat_on_the_v0_folder_stops_on_the_tokenizers_eos(folders, golden_dir, caplog):
     v0, _ = folders
     caplog.set_level(logging.WARNING)

@@ -117,14 +117,16 @@ def test_check_state_dict_lists_what_is_wrong():
 
 def test_eva_blocks_beyond_the_depth_are_ignored(golden_dir: Path, caplog):
     vit = build_golden(golden_dir).visual_encoder
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG):
         load_eva_vit(vit, golden_dir / "eva_vit_tiny.pth")
-    assert "ignoring 13 keys the model does not use (blocks beyond the model's depth 2: blocks.2." in caplog.text
+    assert "ignoring 13 keys the model does not use (blocks beyond the model's depth 2: 13)" in caplog.text
+    assert "the ignored keys, by reason: blocks beyond the model's depth 2: blocks.2." in caplog.text
     file = torch.load(golden_dir / "eva_vit_tiny.pth", weights_only=True)
     for key, value in vit.state_dict().items():
         assert torch.equal(value, file[key]), key
 
 
+@pytest.mark.slow
 def test_eva_too_shallow_or_other_sizes_fail_in_words(golden_dir: Path, tmp_path: Path):
     deeper = build_golden(golden_dir, vit_arch={"depth": 4}).visual_encoder
     with pytest.raises(WeightLoadError, match=r"missing .*blocks\.3\.attn\.proj\.bias"):
@@ -142,6 +144,7 @@ def test_eva_too_shallow_or_other_sizes_fail_in_words(golden_dir: Path, tmp_path
         load_eva_vit(narrow, golden_dir / "blip2_tiny.pth")
 
 
+@pytest.mark.slow
 def test_pos_embed_is_interpolated_from_another_image_size(golden_dir: Path, tmp_path: Path, caplog):
     """An eva file trained at 28 px (2x2 patches) loaded into a 56 px model (4x4 patches)."""
     small = make_tiny_weights(tmp_path, TinySpec(image_size=28))
@@ -212,10 +215,11 @@ def test_a_vision_tower_in_the_blip2_file_replaces_the_eva_one(golden_dir: Path,
     changed["visual_encoder.blocks.2.norm1.weight"] = torch.ones(64)  # beyond the depth: ignored
     model = build_golden(golden_dir)
     load_eva_vit(model.visual_encoder, golden_dir / "eva_vit_tiny.pth")
-    with caplog.at_level(logging.INFO, logger="minigpt4.models"):
+    with caplog.at_level(logging.DEBUG, logger="minigpt4.models"):
         load_blip2_qformer(model, write_blip2(tmp_path / "with_vit.pth", changed))
     assert "also holds the vision tower" in caplog.text
-    assert "visual_encoder.blocks.2.norm1.weight" in caplog.text  # named in the INFO line
+    (named,) = [r for r in caplog.records if "visual_encoder.blocks.2.norm1.weight" in r.getMessage()]
+    assert named.levelno == logging.DEBUG and "ignored keys" in named.getMessage()
     for key, value in model.visual_encoder.state_dict().items():
         assert torch.equal(value, changed[f"visual_encoder.{key}"]), key
 
@@ -238,13 +242,16 @@ def test_a_vision_tower_in_the_blip2_file_must_fit(golden_dir: Path, tmp_path: P
         "visual_encoder.blocks.0.attn.k_bias": torch.zeros(64),
     }
     model = build_golden(golden_dir)
-    with caplog.at_level(logging.INFO, logger="minigpt4.models"), pytest.raises(WeightLoadError) as error:
+    with caplog.at_level(logging.DEBUG, logger="minigpt4.models"), pytest.raises(WeightLoadError) as error:
         load_blip2_qformer(model, write_blip2(tmp_path / "odd.pth", odd))
     assert "the BLIP-2 weights" in str(error.value)
     assert "visual_encoder.cls_token: the file has shape [1, 1, 32]" in str(error.value)
     assert "the file holds a ViT of width 32; vit_arch.embed_dim is 64" in str(error.value)
     assert "also unexpected (of no known kind, not loaded): visual_encoder.blocks.0.attn.k_bias" in str(error.value)
-    assert re.search(r"INFO .*the CLIP projection head: visual_encoder\.head\.weight", caplog.text)
+    assert re.search(r"INFO .*ignoring 37 keys .*; the CLIP projection head: 1\)", caplog.text)
+    assert re.search(
+        r"DEBUG .*the ignored keys, by reason: .*; the CLIP projection head: visual_encoder\.head\.weight", caplog.text
+    )
 
 
 def test_blip2_errors_name_the_keys_in_the_files_own_names(golden_dir: Path, tmp_path: Path, blip2_file, caplog):

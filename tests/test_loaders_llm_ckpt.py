@@ -111,6 +111,7 @@ def test_reference_runner_checkpoint_buffers_are_dropped(golden_dir: Path):
     assert torch.equal(model.llama_proj.weight, file["llama_proj.weight"])
 
 
+@pytest.mark.slow
 def test_our_runner_checkpoints_load_with_unfrozen_parts(golden_dir: Path, tmp_path: Path):
     """Trainable parameters and buffers under this model's names, as this project's runner saves
     them; here with an unfrozen Q-Former."""

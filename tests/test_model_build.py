@@ -41,6 +41,7 @@ def full_model(tokenizer) -> MiniGPT4:
         return MiniGPT4.build({}, LlamaConfig(**LLAMA_7B), tokenizer)
 
 
+@pytest.mark.slow
 def test_full_size_parameter_counts_match_reference(full_model):
     assert n_params(full_model.visual_encoder) == 985_894_528
     assert n_params(full_model.Qformer) == 105_137_664
@@ -73,6 +74,7 @@ def test_full_size_architecture_is_the_reference_one(full_model):
     assert full_model.llama_model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.slow
 def test_fp16_vit_keeps_norms_embeddings_and_biases_fp32(tokenizer):
     """vit_precision fp16 (what auto gives on an accelerator) halves Linear/Conv weights only, as the
     reference."""

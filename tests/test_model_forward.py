@@ -105,6 +105,7 @@ def test_prompt_wrap_edge_cases(model, images):
         model.prompt_wrap(img_embeds, atts, "no placeholder")
 
 
+@pytest.mark.slow
 def test_one_random_prompt_per_batch(golden_dir, tmp_path, images):
     lines = ["<Img><ImageHere></Img> Short.", "<Img><ImageHere></Img> A much longer instruction about the picture."]
     (tmp_path / "prompts.txt").write_text("\n".join(["# a comment line without placeholder", *lines]) + "\n")
@@ -156,6 +157,7 @@ def test_ln_vision_computes_in_fp32():
     assert torch.equal(out, F.layer_norm(x.float(), (8,), norm.weight, norm.bias, norm.eps).to(torch.bfloat16))
 
 
+@pytest.mark.slow
 def test_half_precision_vision_and_llm_run_under_cpu_autocast(golden_dir, model, images):
     """vit_precision / llm_precision bf16 store the weights in bf16 and compute under autocast."""
     half = build_golden_model(golden_dir, vit_precision="bf16", llm_precision="bf16").eval()

@@ -13,9 +13,8 @@ import tarfile
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tiny_assets import REPO_ROOT
+from world_model import EVAL, STAGE1, STAGE2, trained_world
 
-import train
 from minigpt4.conversation.launch import build_chat
 from minigpt4.models.mini_gpt4 import MiniGPT4
 from tools.tiny_world import (
@@ -32,9 +31,6 @@ from tools.tiny_world import (
     write_data,
 )
 
-STAGE1 = REPO_ROOT / "train_configs" / "minigpt4_stage1_world.yaml"
-STAGE2 = REPO_ROOT / "train_configs" / "minigpt4_stage2_world.yaml"
-EVAL = REPO_ROOT / "eval_configs" / "minigpt4_world_eval.yaml"
 SMALL_DATA = WorldSizes(laion=30, cc_sbu=10, align=8, heldout=6, shard_size=20)
 
 
@@ -96,28 +92,19 @@ def test_the_frozen_parts_load_through_the_production_loaders(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_the_projection_makes_the_frozen_llm_name_held_out_images(tmp_path, monkeypatch):
-    """A reduced world (the vision side pretrained for a few hundred steps, where it sees colour
-    well and shape barely): after stage 1 and stage 2, Chat names the colour of held-out images
-    far more often than with an untrained projection (the quick start's full world, whose vision
-    side also sees shape, scores 92% against 6% on colour and shape)."""
-    sizes = WorldSizes(laion=600, cc_sbu=100, align=60, heldout=60, shard_size=200, vision_steps=250,
-                       vision_batch=64, vision_pool=1000, llm_steps=400, llm_batch=24)  # fmt: skip
-    make_world(tmp_path / "assets" / "world", sizes, seed=0)
-    monkeypatch.chdir(tmp_path)  # the YAMLs' relative paths resolve as in a checkout
-    common = ["run.device=cpu", "run.distributed=False", "run.num_workers=0"]
-    stage1 = train.main(["--cfg-path", str(STAGE1), "--options", *common, "run.iters_per_epoch=40",
-                         f"run.output_dir={tmp_path / 'stage1'}"])  # fmt: skip
-    losses = [row["loss"] for row in stage1.history]
+def test_training_the_projection_makes_the_frozen_llm_name_held_out_images():
+    """The reduced world of tests/world_model.py (a vision side that sees colour well and shape
+    barely): after stage 1 and stage 2, Chat names the colour of held-out images far more often
+    than with an untrained projection (the quick start's full world, whose vision side also sees
+    shape, scores 92% against 6% on colour and shape)."""
+    world = trained_world()
+    losses = world.stage1_losses
     assert losses[-1] < 0.5 * losses[0]
-    stage2 = train.main(["--cfg-path", str(STAGE2), "--options", *common, "run.iters_per_epoch=5",
-                         f"model.ckpt={stage1.output_dir / 'checkpoint_1.pth'}",
-                         f"run.output_dir={tmp_path / 'stage2'}"])  # fmt: skip
-    heldout = read_heldout(tmp_path / "assets" / "world" / "data" / "heldout")
+    heldout = world.heldout()
     scores = {}
-    for name, options in (("trained", [f"model.ckpt={stage2.output_dir / 'checkpoint_1.pth'}"]), ("untrained", [])):
+    for name, trained in (("trained", True), ("untrained", False)):
         torch.manual_seed(0)
-        chat = build_chat(str(EVAL), options, torch.device("cpu"))
+        chat = build_chat(str(EVAL), world.eval_options(trained), torch.device("cpu"))
         _, answers = heldout_score(chat, heldout, "Describe this image in detail.")
         pairs = list(zip(answers, heldout, strict=True))
         scores[name] = sum(names_right(answer, thing, ("colour",)) for answer, (_, thing, _) in pairs) / len(pairs)

@@ -45,6 +45,7 @@ def fixed_batch_folder(tmp_path: Path) -> Path:
     return tmp_path / "data" / "cc_sbu_align"
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_fixed_batch_and_the_checkpoint_holds_the_trainable_keys(in_tiny_root, tmp_path, caplog):
     folder = fixed_batch_folder(tmp_path)
     runner = train.main(
@@ -73,6 +74,7 @@ def test_loss_falls_on_a_fixed_batch_and_the_checkpoint_holds_the_trainable_keys
     assert runner.output_dir.parent == tmp_path / "out"  # relative to the working directory, not the package
 
 
+@pytest.mark.slow
 def test_resume_through_the_real_loaders_reproduces_the_losses(in_tiny_root, tmp_path):
     # Stage 1: webdataset shards mixed 115:14, random crops drawn in a loader worker.
     options = ["run.num_workers=1", "run.max_epoch=2", "run.iters_per_epoch=4", "run.batch_size_train=4"]
@@ -149,6 +151,7 @@ def test_plain_python_process(tmp_path):
     assert json.loads(job.joinpath("log.txt").read_text().split("\n}\n")[0] + "}")["run"]["iters_per_epoch"] == 3
 
 
+@pytest.mark.slow
 def test_a_wrong_key_or_path_ends_the_script_with_one_line(tmp_path):
     """The command line gets the message alone, not a traceback around it."""
     for option, message in [
@@ -162,6 +165,7 @@ def test_a_wrong_key_or_path_ends_the_script_with_one_line(tmp_path):
         assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())  # no empty job folder
 
 
+@pytest.mark.slow
 def test_length_grouping_trains_on_batches_with_less_padding(in_tiny_root, tmp_path):
     options = ["run.num_workers=0", "run.max_epoch=1", "run.iters_per_epoch=15", "run.batch_size_train=4"]
     options += ["run.log_freq=15", f"run.output_dir={tmp_path / 'out'}"]
@@ -198,6 +202,7 @@ def job_folders(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "out").iterdir()) if (tmp_path / "out").exists() else []
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_finite_checkpoints_and_a_true_message(in_tiny_root, tmp_path):
     options = ["run.init_lr=1e30", "run.warmup_lr=1e30", "run.checkpoint_interval=2", "run.iters_per_epoch=10"]
     with pytest.raises(runner_base.NonFiniteLossError) as stop:
@@ -212,6 +217,7 @@ def test_a_diverging_run_stops_with_finite_checkpoints_and_a_true_message(in_tin
     assert re.search(rf"the last checkpoint written is {re.escape(str(checkpoints[-1]))} \(step \d+\)\.", message)
 
 
+@pytest.mark.slow
 def test_folder_resume_skips_a_truncated_checkpoint(in_tiny_root, tmp_path, caplog):
     keys = ["run.max_epoch=2", "run.checkpoint_interval=2"]
     full = train.main(stage2(tmp_path, *keys))
@@ -229,6 +235,7 @@ def test_folder_resume_skips_a_truncated_checkpoint(in_tiny_root, tmp_path, capl
     assert [h["loss"] for h in resumed.history] == [losses[6], losses[8]]
 
 
+@pytest.mark.slow
 def test_two_runs_started_in_the_same_second_get_two_folders(in_tiny_root, tmp_path, monkeypatch):
     class SameSecond(datetime.datetime):
         @classmethod
@@ -253,6 +260,7 @@ def test_a_failed_start_leaves_no_folder(in_tiny_root, tmp_path):
     assert job_folders(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_resume_warns_about_other_data_settings_and_refuses_a_finished_run(in_tiny_root, tmp_path, caplog):
     full = train.main(stage2(tmp_path, "run.checkpoint_interval=2"))
     last = full.output_dir / "checkpoint_last.pth"

@@ -32,6 +32,7 @@ def with_and_without(llm, **kwargs):
     return plain, edited
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kwargs",
     [

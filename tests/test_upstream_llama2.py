@@ -292,6 +292,7 @@ def test_check_weights_on_the_tiny_llama2_eval_config(in_root, tmp_path, capsys)
 # --- both stages through train.py, then chat ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_both_stages_and_chat_with_the_inst_template(in_root, tmp_path):
     fast = ["run.device=cpu", "run.num_workers=0", "run.max_epoch=1", "run.iters_per_epoch=3", "run.log_freq=1"]
     fast += ["run.batch_size_train=2", "run.warmup_steps=1"]

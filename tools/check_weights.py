@@ -39,6 +39,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cfg-path", required=True, help="path to a train or eval configuration file")
+    parser.add_argument("--options", nargs="+", help="override settings of the config, key=value (as train.py)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and a bad option answer before torch and the model code load
+
+# ruff: noqa: E402 (the heavy imports come after that early parse on purpose)
 import torch
 
 # Run as ``python tools/check_weights.py``, the repository root is not on the import path.
@@ -553,13 +565,6 @@ def check_config(cfg: Config) -> Report:
         shapes.update({"llama_proj.weight": (hidden, width), "llama_proj.bias": (hidden,)})
     check_ckpt(cfg, shapes, llm_config, report)
     return report
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cfg-path", required=True, help="path to a train or eval configuration file")
-    parser.add_argument("--options", nargs="+", help="override settings of the config, key=value (as train.py)")
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,35 @@ import logging
 import sys
 from pathlib import Path
 
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a MiniGPT-4 checkpoint .pth (a run's checkpoint_N.pth)")
+    parser.add_argument("out_dir", type=Path, help="folder to write model.safetensors and minigpt4_checkpoint.json")
+    parser.add_argument(
+        "--merge-llm",
+        type=Path,
+        metavar="LLM_DIR",
+        help="merge the checkpoint's LoRA adapters into its LLM and write that LLM to this folder",
+    )
+    parser.add_argument(
+        "--llama-model",
+        metavar="BASE",
+        help="with --merge-llm: the base LLM folder (default: the run's model.llama_model)",
+    )
+    parser.add_argument(
+        "--llm-dtype", metavar="DTYPE", help="with --merge-llm: fp16, bf16 or fp32 (default: the base folder's dtype)"
+    )
+    args = parser.parse_args(argv)
+    if (args.llama_model or args.llm_dtype) and args.merge_llm is None:
+        parser.error("--llama-model and --llm-dtype go with --merge-llm")
+    return args
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and a bad option answer before torch and the model code load
+
+# ruff: noqa: E402 (the heavy imports come after that early parse on purpose)
 # Run as ``python tools/export_checkpoint.py``, the repository root is not on the import path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -134,26 +163,7 @@ def export(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a MiniGPT-4 checkpoint .pth (a run's checkpoint_N.pth)")
-    parser.add_argument("out_dir", type=Path, help="folder to write model.safetensors and minigpt4_checkpoint.json")
-    parser.add_argument(
-        "--merge-llm",
-        type=Path,
-        metavar="LLM_DIR",
-        help="merge the checkpoint's LoRA adapters into its LLM and write that LLM to this folder",
-    )
-    parser.add_argument(
-        "--llama-model",
-        metavar="BASE",
-        help="with --merge-llm: the base LLM folder (default: the run's model.llama_model)",
-    )
-    parser.add_argument(
-        "--llm-dtype", metavar="DTYPE", help="with --merge-llm: fp16, bf16 or fp32 (default: the base folder's dtype)"
-    )
-    args = parser.parse_args(argv)
-    if (args.llama_model or args.llm_dtype) and args.merge_llm is None:
-        parser.error("--llama-model and --llm-dtype go with --merge-llm")
+    args = parse_args(argv)
     setup_logger()
     try:
         export(args.checkpoint, args.out_dir, args.merge_llm, args.llama_model, args.llm_dtype)

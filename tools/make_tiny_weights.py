@@ -302,6 +302,9 @@ def make_tiny_weights(out: Path, spec: TinySpec | None = None) -> TinyWeights:
 
 def main() -> None:
     args = parse_args()
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar
     weights = make_tiny_weights(args.out, TinySpec(image_size=args.image_size, seed=args.seed))
     sys.stdout.write(OmegaConf.to_yaml({"model": weights.model_config()}))
 

@@ -55,10 +55,13 @@ LOG_DIR = Path("output/quickstart")
 QUESTION = "Describe this image in detail."
 SHOWN_ANSWERS = 4
 
-# A child's log records start with a timestamp; a multi-line record's continuation lines do not,
-# and are echoed with it (tqdm bars and other library output are not).
-LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+# A child's log records start with a timestamp (echoed without it, and without the level when it is
+# INFO); a multi-line record's continuation lines do not, and are echoed with it (tqdm bars and other
+# library output are not).
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?:\[INFO\] )?")
 OUTPUTS = re.compile(r"Outputs go to (\S+)")
+# The fields of a step line that the console shows; the whole line is in the stage's log file.
+STEP_FIELDS = ("step", "epoch", "loss", "lr", "step_time", "samples/s", "TokensPerSec")
 
 
 def generate(target: Path, command: list[str]) -> None:
@@ -110,9 +113,9 @@ def run_stage(name: str, command: list[str]) -> tuple[Path, list[str]]:
         in_record = False
         for line in process.stdout:
             log.write(line)
-            if LOG_RECORD.match(line):
+            if record := LOG_RECORD.match(line):
                 in_record = True
-                sys.stderr.write(f"    {line}")
+                sys.stderr.write(f"    {short_step(line) if 'train: step=' in line else line[record.end() :]}")
             elif in_record and line.strip() and "\r" not in line:
                 sys.stderr.write(f"        {line}")
             else:
@@ -125,6 +128,12 @@ def run_stage(name: str, command: list[str]) -> tuple[Path, list[str]]:
     if returncode != 0 or output_dir is None:
         raise SystemExit(f"{name} failed (exit code {returncode}); its full output is in {log_path}")
     return output_dir, steps
+
+
+def short_step(line: str) -> str:
+    """A step line with only ``STEP_FIELDS``."""
+    fields = dict(re.findall(r"(\S+)=(\S+)", line))
+    return "train: " + " ".join(f"{key}={fields[key]}" for key in STEP_FIELDS if key in fields) + "\n"
 
 
 def throughput(steps: list[str]) -> dict[str, float]:
@@ -156,10 +165,16 @@ def heldout_scores(checkpoint: Path):
 
     heldout = read_heldout(WORLD / "data" / "heldout")
     results = []
-    for options in ([f"model.ckpt={checkpoint}"], []):
-        torch.manual_seed(0)  # the untrained projection's initial values
-        chat = build_chat(EVAL_CONFIG, options, torch.device("cpu"))
-        results.append(heldout_score(chat, heldout, QUESTION))
+    package = logging.getLogger("minigpt4")
+    level = package.level
+    package.setLevel(logging.WARNING)  # the stages' consoles showed the same loads
+    try:
+        for options in ([f"model.ckpt={checkpoint}"], []):
+            torch.manual_seed(0)  # the untrained projection's initial values
+            chat = build_chat(EVAL_CONFIG, options, torch.device("cpu"))
+            results.append(heldout_score(chat, heldout, QUESTION))
+    finally:
+        package.setLevel(level)
     return heldout, results
 
 

@@ -42,6 +42,20 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder to write data/, weights/, world.json into")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the images, the pretraining and the held-out split (default: 0)"
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and a bad option answer before torch and the model code load
+
+# ruff: noqa: E402 (the heavy imports come after that early parse on purpose)
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -51,20 +65,20 @@ from torch.nn import functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script, the repository root is not on the import path
 
-from minigpt4.common.schema import QFormerArch, VitArch  # noqa: E402
-from minigpt4.conversation.conversation import CONV_VISION, IMAGE_MESSAGE  # noqa: E402
-from minigpt4.datasets.shard_writer import ShardSample, jpeg_bytes, write_img2dataset_shards  # noqa: E402
-from minigpt4.evaluation.labels import named_values  # noqa: E402
-from minigpt4.models.eva_vit import build_eva_vit  # noqa: E402
-from minigpt4.models.llm import load_llama_tokenizer  # noqa: E402
-from minigpt4.models.mini_gpt4 import IMAGE_PLACEHOLDER, read_prompts  # noqa: E402
-from minigpt4.models.qformer import build_qformer, ours_to_blip2  # noqa: E402
-from minigpt4.processors.blip_processors import (  # noqa: E402
+from minigpt4.common.schema import QFormerArch, VitArch
+from minigpt4.conversation.conversation import CONV_VISION, IMAGE_MESSAGE
+from minigpt4.datasets.shard_writer import ShardSample, jpeg_bytes, write_img2dataset_shards
+from minigpt4.evaluation.labels import named_values
+from minigpt4.models.eva_vit import build_eva_vit
+from minigpt4.models.llm import load_llama_tokenizer
+from minigpt4.models.mini_gpt4 import IMAGE_PLACEHOLDER, read_prompts
+from minigpt4.models.qformer import build_qformer, ours_to_blip2
+from minigpt4.processors.blip_processors import (
     Blip2ImageEvalProcessor,
     Blip2ImageTrainProcessor,
     BlipCaptionProcessor,
 )
-from tools.make_tiny_weights import (  # noqa: E402
+from tools.make_tiny_weights import (
     TinySpec,
     llama_config,
     tiny_llm_shape,
@@ -610,10 +624,7 @@ def make_world(out: Path, sizes: WorldSizes | None = None, spec: WorldSpec | Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="folder to write data/, weights/, world.json into")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     from minigpt4.common.logger import setup_logger
 
     setup_logger()

@@ -269,8 +269,8 @@ class KeyReport:
     """How the keys of one weight file fit a model, decided from names and shapes alone.
 
     Keys are named as the file names them (so that they can be looked up in it). ``used`` are
-    loaded; ``ignored`` (key -> reason) are of a known kind the model does not use and are named
-    in one INFO line; ``unexpected`` are of no known kind, named in a WARNING and not loaded;
+    loaded; ``ignored`` (key -> reason) are of a known kind the model does not use and are counted
+    in one INFO line (named at DEBUG); ``unexpected`` are of no known kind, named in a WARNING and not loaded;
     ``missing`` (the model needs them) and ``mismatched`` (key -> (file shape, model shape,
     reason or None)) make the file unloadable.
     """
@@ -304,10 +304,14 @@ class KeyReport:
         return grouped
 
     def log(self, log: logging.Logger = logger) -> None:
-        """One INFO line naming the ignored keys, one WARNING naming the unexpected ones."""
+        """One INFO line counting the ignored keys by reason (a DEBUG line names them), one WARNING
+        naming the unexpected ones."""
         if self.ignored:
-            parts = "; ".join(f"{reason}: {_listed(keys)}" for reason, keys in self.ignored_by_reason().items())
-            log.info("%s: ignoring %d keys the model does not use (%s)", self.what, len(self.ignored), parts)
+            grouped = self.ignored_by_reason().items()
+            counts = "; ".join(f"{reason}: {len(keys)}" for reason, keys in grouped)
+            log.info("%s: ignoring %d keys the model does not use (%s)", self.what, len(self.ignored), counts)
+            names = "; ".join(f"{reason}: {_listed(keys)}" for reason, keys in grouped)
+            log.debug("%s: the ignored keys, by reason: %s", self.what, names)
         if self.unexpected:
             log.warning(
                 "%s: %d unexpected keys, of no kind this loader knows, are not loaded: %s",

@@ -153,10 +153,8 @@ def read_prompts(prompt_path: str, prompt_template: str) -> list[str]:
             f"{prompt_template!r} (stage 2 uses '###Human: {{}} ###Assistant: ')"
         )
     prompts = [prompt_template.format(line) for line in lines]
-    logger.info("Load %d training prompts", len(prompts))
-    # The reference prints a random example; the draw is kept so that seeded runs see the same
-    # Python random stream afterwards.
-    logger.info("Prompt Example \n%s", random.choice(prompts))
+    # The random draw of the example keeps seeded runs on the same Python random stream afterwards.
+    logger.info("Load %d training prompts from %s, for example %r", len(prompts), prompt_path, random.choice(prompts))
     return prompts
 
 
