@@ -87,7 +87,13 @@ def run(config: Path, *options: str, limit: int | None = None) -> dict:
     return evaluate.main(argv)
 
 
-@pytest.mark.parametrize("name", BENCHMARKS)
+# The caption benchmarks start pycocoevalcap's Java tokenizer and scorers (seconds each).
+CAPTION_BENCHMARKS = ("coco_caption", "nocaps")
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(b, marks=pytest.mark.slow) if b in CAPTION_BENCHMARKS else b for b in BENCHMARKS]
+)
 def test_each_benchmark_runs_end_to_end_from_its_own_files(name, fixtures, tmp_path, asked):
     out = tmp_path / "out"
     config = tiny_eval_config(name, fixtures[name], tiny_root(), out)
