@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -81,3 +84,32 @@ def test_a_split_held_by_a_benchmark_and_a_held_out_part_is_refused(world, tmp_p
                f"run.output_dir={tmp_path}"]  # fmt: skip
     with pytest.raises(ConfigError, match="'heldout' is held by attribute_naming, cc_sbu_align"):
         train.main(["--cfg-path", str(STAGE2), "--options", *options])
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_two_gloo_ranks_share_the_questions_and_agree_on_the_best_epoch(world, tmp_path, monkeypatch):
+    """torchrun with 2 CPU processes: the questions are shared out, rank 0 scores, and the
+    logged score and answers are evaluate.py's (one process) for the run's own checkpoint."""
+    out = tmp_path / "two"
+    options = [*COMMON, "run.distributed=True", "run.valid_splits=[heldout]", "run.batch_size_eval=1",
+               f"run.output_dir={out}"]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(REPO_ROOT / "train.py"), "--cfg-path", str(STAGE2), "--options", *options]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, cwd=world, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "to answer on 2 rank(s)" in result.stderr
+    (run_dir,) = out.iterdir()
+    epochs = epoch_lines((run_dir / "log.txt").read_text())
+    answered = read_lines(run_dir / "eval" / "epoch_1" / "attribute_naming_heldout.jsonl")
+    monkeypatch.chdir(world)
+    results = evaluate.main(["--cfg-path", str(HELDOUT_EVAL), "--device", "cpu", "--options",
+                             f"model.ckpt={run_dir / 'checkpoint_1.pth'}", "run.batch_size_eval=1",
+                             f"run.output_dir={tmp_path / 'eval'}"])  # fmt: skip
+    alone = read_lines(tmp_path / "eval" / "attribute_naming_heldout.jsonl")
+    assert [line["answer"] for line in alone] == [line["answer"] for line in answered]
+    assert epochs[1]["heldout_accuracy"] == results["attribute_naming/heldout"]["accuracy"]
+    scores = [e["heldout_accuracy"] for e in epochs]
+    best = max(range(2), key=scores.__getitem__)
+    assert load_checkpoint(run_dir / "checkpoint_best.pth")["epoch"] == best == epochs[-1]["best_epoch"]
