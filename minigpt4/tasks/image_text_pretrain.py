@@ -102,7 +102,8 @@ class ImageTextPretrainTask:
                     f"set datasets.cc_sbu_align.held_out.{missing[0]} (a fraction or image_ids), or configure "
                     "a benchmark with that split under datasets:"
                 )
-        check_benchmark_splits(cfg, shards_llm(cfg.run_cfg))
+        if cfg.run_cfg.valid_splits or cfg.run_cfg.test_splits:
+            check_benchmark_splits(cfg, shards_llm(cfg.run_cfg))
 
     def build_datasets(self, cfg: Any) -> dict[str, dict[str, Dataset]]:
         """``{name: {"train": dataset}}``; shard patterns that match nothing fail here."""
