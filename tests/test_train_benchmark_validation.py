@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +21,10 @@ import evaluate
 import train
 from minigpt4.common.checkpoint import load_checkpoint
 from minigpt4.common.config import ConfigError
+from minigpt4.datasets.datasets.benchmarks import CaptionBenchmark, POPEBenchmark, VQABenchmark
+from minigpt4.evaluation.pope import score_pope
 from minigpt4.evaluation.run import read_lines
+from minigpt4.evaluation.training import headline, scalar_figures
 from tools.tiny_world import WorldSizes, make_world
 
 STAGE2 = REPO_ROOT / "train_configs" / "minigpt4_stage2_world.yaml"
@@ -68,6 +72,12 @@ def test_the_held_out_attribute_score_is_logged_each_epoch_and_chooses_the_best(
     assert [line["answer"] for line in alone] == [line["answer"] for line in answered]
     assert results["attribute_naming/heldout"]["accuracy"] == scores[1]
 
+    # run.evaluate: True scores the checkpoint alone, and gives the same figure.
+    only = train.main(["--cfg-path", str(STAGE2), "--options", *COMMON, "run.valid_splits=[heldout]",
+                       "run.evaluate=True", f"run.resume_ckpt_path={runner.output_dir / 'checkpoint_1.pth'}",
+                       f"run.output_dir={tmp_path / 'only'}"])  # fmt: skip
+    assert only.history == [] and [e["accuracy"] for e in only.evaluations] == [scores[1]]
+
     # Scoring changes nothing of the training: the same losses and weights without it.
     plain = train.main(["--cfg-path", str(STAGE2), "--options", *COMMON, f"run.output_dir={tmp_path / 'b'}"])
     assert [row["loss"] for row in plain.history] == [row["loss"] for row in runner.history]
@@ -113,3 +123,17 @@ def test_two_gloo_ranks_share_the_questions_and_agree_on_the_best_epoch(world, t
     scores = [e["heldout_accuracy"] for e in epochs]
     best = max(range(2), key=scores.__getitem__)
     assert load_checkpoint(run_dir / "checkpoint_best.pth")["epoch"] == best == epochs[-1]["best_epoch"]
+
+
+def test_the_headline_metric_is_f1_for_pope_cider_for_captions_accuracy_elsewhere():
+    labels = {"1": "yes", "2": "yes", "3": "no", "4": "no"}
+    # tp 2, fp 1, tn 1: precision 66.7, recall 100, F1 80, accuracy 75
+    figures = score_pope({"1": "yes", "2": "yes", "3": "yes", "4": "no"}, labels, labels)
+    assert figures["f1"] == pytest.approx(80.0) and figures["accuracy"] == 75.0
+    assert headline(POPEBenchmark, figures) == figures["f1"]
+    assert headline(VQABenchmark, {"accuracy": 41.5, "questions": 2, "per_answer_type": {"yes/no": 50.0}}) == 41.5
+    captions = {"scores": {"CIDEr": 117.0, "Bleu_4": 30.0}, "missing": {}, "images": 2}
+    assert headline(CaptionBenchmark, captions) == 117.0
+    assert math.isnan(headline(CaptionBenchmark, {"scores": {}, "missing": {"CIDEr": "no Java"}, "images": 2}))
+    assert scalar_figures(captions) == {"CIDEr": 117.0, "Bleu_4": 30.0, "images": 2}
+    assert scalar_figures({"f1": None, "accuracy": 50.0, "per": {"a": 1.0}}) == {"accuracy": 50.0}
