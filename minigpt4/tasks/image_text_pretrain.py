@@ -2,9 +2,12 @@
 
 A task says what a run builds from the config, what one training step computes and how a
 held-out split is evaluated (``valid_step`` per batch, ``evaluation`` over a split on all ranks,
-``after_evaluation`` into the figures logged); the runner owns the loops. This task's figure is
-the held-out loss: the mean over every target token of the split, whatever the batch size and the
-number of ranks. Before anything is loaded, ``check_inputs`` makes sure that every local file the
+``after_evaluation`` into the figures logged, ``evaluate_split`` choosing between them); the
+runner owns the loops. A held-out part of a training dataset gives its loss: the mean over every
+target token of the split, whatever the batch size and the number of ranks. A benchmark's split
+(a benchmark configured under ``datasets:``) is answered by the model and scored, its headline
+metric the split's ``agg_metrics`` (``minigpt4.evaluation.training``). Before anything is
+loaded, ``check_inputs`` makes sure that every local file the
 run will read exists and every held-out split named in ``run:`` is configured, so that a wrong
 path stops the run in seconds, naming the key and the path, rather than after minutes of loading.
 """
