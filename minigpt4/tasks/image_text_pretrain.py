@@ -7,9 +7,9 @@ runner owns the loops. A held-out part of a training dataset gives its loss: the
 target token of the split, whatever the batch size and the number of ranks. A benchmark's split
 (a benchmark configured under ``datasets:``) is answered by the model and scored, its headline
 metric the split's ``agg_metrics`` (``minigpt4.evaluation.training``). Before anything is
-loaded, ``check_inputs`` makes sure that every local file the
-run will read exists and every held-out split named in ``run:`` is configured, so that a wrong
-path stops the run in seconds, naming the key and the path, rather than after minutes of loading.
+loaded, ``check_inputs`` makes sure that every local file the run will read exists and every
+held-out split named in ``run:`` is configured, so that a wrong path stops the run in seconds,
+naming the key and the path, rather than after minutes of loading.
 """
 
 from __future__ import annotations
