@@ -66,7 +66,7 @@ from minigpt4.common.logger import (
     uniform_loss_warning,
 )
 from minigpt4.common.registry import registry
-from minigpt4.datasets.datasets.dataloader_utils import build_eval_loader, build_train_loader
+from minigpt4.datasets.datasets.dataloader_utils import build_train_loader
 from minigpt4.runners.contract import check_model
 from minigpt4.runners.memory import prepare_model
 from minigpt4.runners.train_step import TrainStep, resolve_precision
@@ -502,8 +502,9 @@ class RunnerBase:
     # --- evaluation -------------------------------------------------------------------------------
 
     def evaluate_splits(self, splits: list[str], epoch: int | None) -> dict[str, dict[str, float]]:
-        """``{split: metrics}``: the task's evaluation of each held-out split, every sample once
-        over all ranks, with the model in eval mode, under no_grad, on seeded random generators."""
+        """``{split: metrics}``: the task's evaluation of each held-out split (its loss, or a
+        benchmark's scores), every sample once over all ranks, with the model in eval mode, on
+        seeded random generators."""
         if not splits:
             return {}
         run = self.config.run_cfg
@@ -511,11 +512,10 @@ class RunnerBase:
         with forked_rng(self.device, int(run.seed)):
             self.model.eval()
             for split in splits:
-                loader = build_eval_loader(
-                    self.datasets, split, run, get_rank(), get_world_size(), pin_memory=self.device.type != "cpu"
-                )
-                totals = self.task.evaluation(self.model, loader, device=self.device, dtype=self.dtype)
-                results[split] = self.task.after_evaluation(val_result=totals, split_name=split, epoch=epoch)
+                results[split] = self.task.evaluate_split(
+                    self.model, self.datasets, split, self.config,
+                    device=self.device, dtype=self.dtype, epoch=epoch, output_dir=self.output_dir,
+                )  # fmt: skip
             self.model.train()
         self.evaluations += [{"epoch": epoch, "split": split, **metrics} for split, metrics in results.items()]
         return results

@@ -2,11 +2,14 @@
 
 A task says what a run builds from the config, what one training step computes and how a
 held-out split is evaluated (``valid_step`` per batch, ``evaluation`` over a split on all ranks,
-``after_evaluation`` into the figures logged); the runner owns the loops. This task's figure is
-the held-out loss: the mean over every target token of the split, whatever the batch size and the
-number of ranks. Before anything is loaded, ``check_inputs`` makes sure that every local file the
-run will read exists and every held-out split named in ``run:`` is configured, so that a wrong
-path stops the run in seconds, naming the key and the path, rather than after minutes of loading.
+``after_evaluation`` into the figures logged, ``evaluate_split`` choosing between them); the
+runner owns the loops. A held-out part of a training dataset gives its loss: the mean over every
+target token of the split, whatever the batch size and the number of ranks. A benchmark's split
+(a benchmark configured under ``datasets:``) is answered by the model and scored, its headline
+metric the split's ``agg_metrics`` (``minigpt4.evaluation.training``). Before anything is
+loaded, ``check_inputs`` makes sure that every local file the run will read exists and every
+held-out split named in ``run:`` is configured, so that a wrong path stops the run in seconds,
+naming the key and the path, rather than after minutes of loading.
 """
 
 from __future__ import annotations
@@ -23,9 +26,17 @@ from torch.utils.data import Dataset
 from minigpt4.common.checkpoint import resume_checkpoint
 from minigpt4.common.config import Config, ConfigError
 from minigpt4.common.device import autocast, move_to_device
-from minigpt4.common.dist_utils import all_reduce
+from minigpt4.common.dist_utils import all_reduce, get_rank, get_world_size
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders import build_datasets
+from minigpt4.datasets.datasets.dataloader_utils import build_eval_loader
+from minigpt4.evaluation.training import (
+    benchmark_of_split,
+    check_benchmark_splits,
+    configured_benchmark_splits,
+    evaluate_benchmark_split,
+    scalar_figures,
+)
 from minigpt4.models.blip2_hf import names_transformers_blip2
 from minigpt4.models.checkpoint_files import SAFETENSORS_NAME
 from minigpt4.models.llm import llama_folder, require_llama_tokenizer
@@ -84,12 +95,18 @@ class ImageTextPretrainTask:
         if cfg.run_cfg.resume_ckpt_path:
             resume_checkpoint(cfg.run_cfg.resume_ckpt_path)
         for key, splits in (("valid_splits", cfg.run_cfg.valid_splits), ("test_splits", cfg.run_cfg.test_splits)):
-            held_out = {split for dataset in cfg.datasets_cfg.values() for split in dataset.held_out} if splits else ()
+            held_out = set()
+            if splits:
+                held_out = {split for dataset in cfg.datasets_cfg.values() for split in dataset.held_out}
+                held_out |= set(configured_benchmark_splits(cfg.datasets_cfg))
             if missing := [split for split in splits if split not in held_out]:
                 raise ConfigError(
                     f"run.{key}: no dataset holds out a split {', '.join(map(repr, missing))}; "
-                    f"set datasets.cc_sbu_align.held_out.{missing[0]} (a fraction or image_ids)"
+                    f"set datasets.cc_sbu_align.held_out.{missing[0]} (a fraction or image_ids), or configure "
+                    "a benchmark with that split under datasets:"
                 )
+        if cfg.run_cfg.valid_splits or cfg.run_cfg.test_splits:
+            check_benchmark_splits(cfg, shards_llm(cfg.run_cfg))
 
     def build_datasets(self, cfg: Any) -> dict[str, dict[str, Dataset]]:
         """``{name: {"train": dataset}}``; shard patterns that match nothing fail here."""
@@ -140,10 +157,42 @@ class ImageTextPretrainTask:
         loss_sum, targets, count = all_reduce(totals).tolist()
         return {"loss_sum": loss_sum, "target_tokens": targets, "samples": count}
 
-    def after_evaluation(self, val_result: dict[str, float], split_name: str, epoch: int | None) -> dict[str, float]:
-        """The figures of a split: ``loss`` (per target token), ``samples``, and ``agg_metrics``,
-        the one the best checkpoint is chosen by (higher is better, as in LAVIS: minus the loss)."""
-        del split_name, epoch  # LAVIS's signature; the loss needs neither
+    def evaluate_split(
+        self,
+        model: nn.Module,
+        datasets: dict[str, dict[str, Any]],
+        split: str,
+        cfg: Any,
+        *,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        epoch: int | None,
+        output_dir: Path,
+    ) -> dict[str, float]:
+        """The figures of one held-out split (``after_evaluation``), computed on all ranks with
+        ``model`` unwrapped and in eval mode: a benchmark's split is answered and scored
+        (``minigpt4.evaluation.training``; predictions under ``output_dir/eval/epoch_<n>/``),
+        any other split gives its held-out loss (``evaluation``)."""
+        benchmark = benchmark_of_split(datasets, split)
+        if benchmark is not None:
+            folder = output_dir / "eval" / ("evaluate" if epoch is None else f"epoch_{epoch}")
+            result = evaluate_benchmark_split(model, benchmark, cfg, device=device, dtype=dtype, output_dir=folder)
+        else:
+            run = cfg.run_cfg
+            loader = build_eval_loader(
+                datasets, split, run, get_rank(), get_world_size(), pin_memory=device.type != "cpu"
+            )
+            result = self.evaluation(model, loader, device=device, dtype=dtype)
+        return self.after_evaluation(val_result=result, split_name=split, epoch=epoch)
+
+    def after_evaluation(self, val_result: dict[str, Any], split_name: str, epoch: int | None) -> dict[str, float]:
+        """The figures of a split and ``agg_metrics``, the one the best checkpoint is chosen by
+        (higher is better, as in LAVIS). A benchmark's split: its scores (every top-level number)
+        and, as ``agg_metrics``, its headline metric (accuracy; CIDEr for captions; F1 for POPE).
+        A loss split: ``loss`` (per target token), ``samples`` and minus the loss."""
+        del split_name, epoch  # LAVIS's signature; the figures need neither
+        if "benchmark" in val_result:
+            return {**scalar_figures(val_result["figures"]), "agg_metrics": val_result["agg_metrics"]}
         targets = val_result["target_tokens"]
         loss = val_result["loss_sum"] / targets if targets else math.nan
         return {"loss": loss, "samples": int(val_result["samples"]), "agg_metrics": -loss}

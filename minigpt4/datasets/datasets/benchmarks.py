@@ -51,6 +51,9 @@ class BenchmarkDataset(Dataset):
     """One split of a benchmark. Subclasses set the scorer and the predictions format."""
 
     answer_field = "answer"
+    # The figure that ranks a model on this benchmark (higher is better): the split's agg_metrics
+    # when training scores it (run.valid_splits), which checkpoint_best.pth is chosen by.
+    headline_metric = "accuracy"
 
     def __init__(
         self, name: str, split: str, questions: Sequence[BenchmarkQuestion], vis_processor: Any, prompt: str
@@ -159,6 +162,7 @@ class CaptionBenchmark(BenchmarkDataset):
     (NoCaps), each domain is also scored alone, as NoCaps reports it (``per_domain``)."""
 
     answer_field = "caption"
+    headline_metric = "CIDEr"
 
     def __init__(
         self, *args: Any, references: Mapping[str, list[str]], domains: Mapping[str, str] | None = None, **kwargs: Any
@@ -344,6 +348,8 @@ def read_pope(path: Path, images: Path) -> tuple[list[BenchmarkQuestion], dict[s
 class POPEBenchmark(BenchmarkDataset):
     """Predictions: ``{"question_id", "answer"}`` with the answer as generated (first line); the
     scorer parses yes/no as POPE does."""
+
+    headline_metric = "f1"
 
     def __init__(self, *args: Any, labels: Mapping[str, str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
