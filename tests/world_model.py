@@ -62,12 +62,15 @@ def trained_world() -> TrainedWorld:
     make_world(world, sizes, seed=0)
     paths = TrainedWorld(world, [], Path()).weight_options()
     data = world / "data"
+    heldout = data / "heldout"
     stage1 = train.main(["--cfg-path", str(STAGE1), "--options", *CPU, *paths, "run.iters_per_epoch=40",
                          f"datasets.laion.build_info.storage={data / 'laion'}",
                          f"datasets.cc_sbu.build_info.storage={data / 'cc_sbu'}",
                          f"run.output_dir={root / 'stage1'}"])  # fmt: skip
     stage2 = train.main(["--cfg-path", str(STAGE2), "--options", *CPU, *paths, "run.iters_per_epoch=5",
                          f"datasets.cc_sbu_align.build_info.storage={data / 'cc_sbu_align'}",
+                         f"datasets.attribute_naming.build_info.annotations.heldout={heldout / 'filter_cap.json'}",
+                         f"datasets.attribute_naming.build_info.images={heldout / 'image'}",
                          f"model.ckpt={stage1.output_dir / 'checkpoint_1.pth'}",
                          f"run.output_dir={root / 'stage2'}"])  # fmt: skip
     return TrainedWorld(world, [row["loss"] for row in stage1.history], stage2.output_dir / "checkpoint_1.pth")
