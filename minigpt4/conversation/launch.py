@@ -25,23 +25,32 @@ from minigpt4.conversation.conversation import Chat
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_model_arguments", "build_chat"]  # the parser's options live in common/cli.py (light)
+# The parser's options live in common/cli.py (light).
+__all__ = ["add_model_arguments", "build_chat", "generation_config"]
+
+
+def generation_config(
+    cfg_path: str, options: Sequence[str] | None, device: torch.device, patch_generation: bool = False
+) -> Config:
+    """The config of a process that generates on ``device`` (the demo, ``inference.py``,
+    ``evaluate.py``): the Ascend generation edits applied where needed, and on a CUDA device the
+    8-bit LLM (``low_resource``) placed on that GPU."""
+    import transformers_modify
+
+    if transformers_modify.needed_for(device.type, patch_generation):
+        transformers_modify.apply()
+    dotlist = options_to_dotlist(options)
+    if device.type == "cuda":
+        dotlist.append(f"model.device_8bit={device.index or 0}")
+    return Config(SimpleNamespace(cfg_path=cfg_path, options=dotlist))
 
 
 def build_chat(
     cfg_path: str, options: Sequence[str] | None, device: torch.device, patch_generation: bool = False
 ) -> Chat:
     """Loads the model and processor named by the config onto ``device``."""
-    import transformers_modify
-
     init_device(device)
-    if transformers_modify.needed_for(device.type, patch_generation):
-        transformers_modify.apply()
-    dotlist = options_to_dotlist(options)
-    if device.type == "cuda":
-        # The reference put the 8-bit LLM (low_resource) on the demo's GPU.
-        dotlist.append(f"model.device_8bit={device.index or 0}")
-    cfg = Config(SimpleNamespace(cfg_path=cfg_path, options=dotlist))
+    cfg = generation_config(cfg_path, options, device, patch_generation)
     if "cc_sbu_align" not in cfg.datasets_cfg or cfg.datasets_cfg.cc_sbu_align.vis_processor.train is None:
         raise ConfigError(f"{cfg_path}: the image processor is read from datasets.cc_sbu_align.vis_processor.train")
     if not cfg.model_cfg.ckpt:

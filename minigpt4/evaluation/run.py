@@ -292,27 +292,19 @@ def evaluate_config(
     """``evaluate.py``: joins torchrun's process group when launched by it, builds the model and
     the benchmarks of ``cfg_path``, evaluates, and on rank 0 writes ``metrics.json`` and prints
     the table; returns the figures (empty on other ranks)."""
-    from types import SimpleNamespace
-
-    import transformers_modify
-    from minigpt4.common.config import Config, options_to_dotlist
     from minigpt4.common.dist_utils import destroy_process_group, get_rank, get_world_size, init_distributed_mode
     from minigpt4.common.logger import setup_logger
     from minigpt4.common.registry import registry
     from minigpt4.conversation.conversation import Chat
     from minigpt4.conversation.decoding import Decoding
+    from minigpt4.conversation.launch import generation_config
     from minigpt4.evaluation.score import format_table
 
     setup_logger(int(os.environ.get("RANK", "0")))  # before joining, so that rank 0 logs it
     device = init_distributed_mode(device_name)
     try:
         rank, world_size = get_rank(), get_world_size()
-        if transformers_modify.needed_for(device.type, patch_generation):
-            transformers_modify.apply()
-        dotlist = options_to_dotlist(options)
-        if device.type == "cuda":
-            dotlist.append(f"model.device_8bit={device.index or 0}")
-        cfg = Config(SimpleNamespace(cfg_path=cfg_path, options=dotlist))
+        cfg = generation_config(cfg_path, options, device, patch_generation)
         benchmarks = build_benchmarks(cfg)
         if not cfg.model_cfg.ckpt:
             logger.warning(
